@@ -1,0 +1,197 @@
+# Copyright 2026 The llava-hf authors. Licensed under the Apache License, Version 2.0.
+"""llava_hf model configuration.
+
+One config holds the three parts of LLaVA (Liu et al., 2023, "Visual Instruction Tuning"):
+
+    vision encoder (`vision_config`) -> projector (`projector_*`) -> causal LM (`text_config`)
+
+Field names follow transformers' built-in `LlavaConfig` where it has one (`image_token_id`, `image_seq_length`,
+`vision_feature_layer`, `vision_feature_select_strategy`, `projector_hidden_act`, `multimodal_projector_bias`), so
+checkpoints convert both ways; LLaVA's own knobs (`projector_type`, `image_aspect_ratio`) keep LLaVA's names.
+"""
+
+import functools
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+# transformers' names first; LLaVA's `mm_vision_select_feature` values map onto them.
+FEATURE_SELECT_STRATEGIES = {"default": "default", "full": "full", "patch": "default", "cls_patch": "full"}
+IMAGE_ASPECT_RATIOS = ("square", "pad")
+# Vision towers whose sequence starts with a CLS token (dropped by the `default` strategy).
+_TOWERS_WITH_CLS = ("clip_vision_model", "clip", "vit", "dinov2")
+_TIMM = "timm_wrapper"
+
+
+@functools.lru_cache(maxsize=32)
+def _timm_geometry(architecture: str, model_args: tuple) -> tuple[int, int]:
+    """`(num_features, reduction)` of a timm backbone's final feature map, read off a meta-device instance."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(architecture, pretrained=False, num_classes=0, **dict(model_args))
+    return int(model.num_features), int(model.feature_info[-1]["reduction"])
+
+
+def timm_image_size(vision_config: PreTrainedConfig) -> int:
+    """Input side (px) a timm backbone was trained at, from its `pretrained_cfg` (224 when it has none)."""
+    pretrained_cfg = getattr(vision_config, "pretrained_cfg", None) or {}
+    input_size = pretrained_cfg.get("test_input_size") or pretrained_cfg.get("input_size") or (3, 224, 224)
+    return int(input_size[-1])
+
+
+def vision_feature_size(vision_config: PreTrainedConfig) -> int:
+    """Channel size of one image token as the vision tower emits it (before the projector)."""
+    if vision_config.model_type == _TIMM:
+        return _timm_geometry(vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items())))[0]
+    return int(vision_config.hidden_size)
+
+
+def vision_tower_has_cls(vision_config: PreTrainedConfig) -> bool:
+    return vision_config.model_type in _TOWERS_WITH_CLS
+
+
+def compute_image_seq_length(
+    vision_config: PreTrainedConfig, vision_feature_select_strategy: str, image_size: int | None = None
+) -> int:
+    """Number of `<image>` tokens one image becomes.
+
+    ViTs: `(image_size // patch_size) ** 2`, plus the CLS token when it is kept (`full`). CLIP ViT-L/14 at 336 px
+    gives 576 (`default`) or 577 (`full`); at 224 px, 256. SigLIP has no CLS token, so both strategies give the grid.
+    timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49).
+    """
+    if vision_config.model_type == _TIMM:
+        side = image_size or timm_image_size(vision_config)
+        _, reduction = _timm_geometry(
+            vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items()))
+        )
+        return (side // reduction) ** 2
+    side = image_size or vision_config.image_size
+    num = (side // vision_config.patch_size) ** 2
+    if vision_tower_has_cls(vision_config) and vision_feature_select_strategy == "full":
+        num += 1
+    return num
+
+
+@strict
+class LlavaConfig(PreTrainedConfig):
+    r"""
+    Configuration of a llava_hf [`LlavaForConditionalGeneration`].
+
+    vision_config (`dict` or `PreTrainedConfig`, *optional*):
+        Any registered vision config: `clip_vision_model`, `siglip_vision_model`, `timm_wrapper`, ... Defaults to
+        CLIP ViT-L/14 at 224 px, the paper's encoder.
+    text_config (`dict` or `PreTrainedConfig`, *optional*):
+        Any causal LM config (`llama`, ...). Defaults to a Llama-7B shape (Vicuna-7B in the paper).
+    image_token_id (`int`, *optional*, defaults to 32000):
+        Id of the `<image>` placeholder token; its embeddings are replaced by image features.
+    image_seq_length (`int`, *optional*):
+        Number of `<image>` tokens per image. Computed from `vision_config` and the select strategy when omitted.
+    projector_type (`str`, *optional*, defaults to `"linear"`):
+        `"linear"` (LLaVA v1) or `"mlp2x_gelu"` (LLaVA-1.5: Linear -> GELU -> Linear).
+    projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+        Activation between the two layers of `mlp2x_gelu`.
+    multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+        Whether the projector's linear layers have a bias.
+    vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
+        Hidden state of the ViT used as image features (LLaVA: the penultimate layer). A list concatenates layers.
+        timm backbones always use their final feature grid.
+    vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+        `"default"` drops the CLS token, `"full"` keeps it. LLaVA's `"patch"` / `"cls_patch"` are accepted and
+        stored as `"default"` / `"full"`.
+    image_aspect_ratio (`str`, *optional*, defaults to `"square"`):
+        `"pad"` (LLaVA-1.5): pad to a square filled with the image processor's mean colour, then resize.
+        `"square"` (LLaVA v1): the image processor's own resize / center crop.
+
+    Example:
+
+    ```python
+    >>> from transformers import CLIPVisionConfig, LlamaConfig
+    >>> from llava_hf import LlavaConfig, LlavaForConditionalGeneration
+
+    >>> config = LlavaConfig(
+    ...     vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    ...                                    num_attention_heads=4, image_size=8, patch_size=2),
+    ...     text_config=LlamaConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    ...                             num_attention_heads=4, num_key_value_heads=2, vocab_size=99),
+    ...     image_token_id=98, projector_type="mlp2x_gelu",
+    ... )
+    >>> config.image_seq_length  # (8 // 2) ** 2, CLS dropped
+    16
+    >>> model = LlavaForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "llava_hf"
+    attribute_map = {"image_token_index": "image_token_id", "mm_projector_type": "projector_type"}
+
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={
+                "intermediate_size": 4096,
+                "hidden_size": 1024,
+                "patch_size": 14,
+                "image_size": 224,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "projection_dim": 768,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32000
+    image_seq_length: int | None = None
+    projector_type: str = "linear"
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str = "default"
+    image_aspect_ratio: str = "square"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(
+                f"LlavaConfig.projector_type must be one of {list(PROJECTOR_TYPES)}, got {self.projector_type!r}; "
+                'use "linear" (LLaVA v1) or "mlp2x_gelu" (LLaVA-1.5).'
+            )
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                'LlavaConfig.vision_feature_select_strategy must be "default" or "full" (LLaVA\'s "patch" / '
+                f'"cls_patch"), got {self.vision_feature_select_strategy!r}; use "full" to keep CLS.'
+            )
+        self.vision_feature_select_strategy = FEATURE_SELECT_STRATEGIES[self.vision_feature_select_strategy]
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(
+                f"LlavaConfig.image_aspect_ratio must be one of {list(IMAGE_ASPECT_RATIOS)}, got "
+                f"{self.image_aspect_ratio!r}; \"pad\" pads to a square (LLaVA-1.5), \"square\" lets the image "
+                "processor resize/crop (LLaVA v1)."
+            )
+        layers = [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        if not layers or not all(isinstance(layer, int) for layer in layers):
+            raise ValueError(
+                f"LlavaConfig.vision_feature_layer must be an int or a non-empty list of ints, got "
+                f"{self.vision_feature_layer!r}."
+            )
+        if self.image_seq_length is None:
+            self.image_seq_length = compute_image_seq_length(self.vision_config, self.vision_feature_select_strategy)
+        # Like transformers' Llava: some LMs store tying in their own config only.
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def num_vision_feature_layers(self) -> int:
+        return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
+
+
+__all__ = ["LlavaConfig"]

@@ -1,0 +1,360 @@
+# Copyright 2026 The llava-hf authors. Licensed under the Apache License, Version 2.0.
+"""llava_hf model: vision tower -> projector -> causal LM.
+
+Layering follows transformers' Llava so that weights convert 1:1 (`model.vision_tower.*`,
+`model.multi_modal_projector.linear_1/linear_2.*`, `model.language_model.*`, `lm_head.*`):
+
+- [`LlavaMultiModalProjector`]: `linear` (LLaVA v1) or `mlp2x_gelu` (LLaVA-1.5).
+- [`LlavaModel`]: no head. `get_image_features` runs the tower and the projector; `forward` scatters the features
+  into the `<image>` token embeddings and runs the LM. Used by TRL's fused LM-head loss as the backbone.
+- [`LlavaForConditionalGeneration`]: adds `lm_head`, the loss and `generate`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils import is_flash_attn_2_available, logging
+
+from .configuration_llava import LlavaConfig, vision_feature_size, vision_tower_has_cls
+
+logger = logging.get_logger(__name__)
+
+
+def resolve_attn_implementation(attn_implementation: str | None) -> str | None:
+    """Map `"auto"` to the fastest available kernel: FlashAttention-2 on CUDA when `flash_attn` imports, else sdpa.
+
+    Other values pass through unchanged. An explicit `"flash_attention_2"` without CUDA or without `flash_attn` raises
+    here, with the reason, rather than deep inside `from_pretrained`.
+    """
+    if attn_implementation == "auto":
+        return "flash_attention_2" if torch.cuda.is_available() and is_flash_attn_2_available() else "sdpa"
+    if attn_implementation == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                'attn_implementation="flash_attention_2" needs a CUDA device, and none is available; use "sdpa" '
+                '(or "auto", which picks FlashAttention-2 only where it can run).'
+            )
+        if not is_flash_attn_2_available():
+            raise ValueError(
+                'attn_implementation="flash_attention_2" needs the `flash_attn` package, which is not importable; '
+                'install it (`pip install flash-attn --no-build-isolation`) or use "sdpa" / "auto".'
+            )
+    return attn_implementation
+
+
+@dataclass
+class LlavaModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_features (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+        Projected image features that replaced the `<image>` token embeddings.
+    """
+
+    image_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlavaCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Next-token cross-entropy over the positions whose label is not -100.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        LM head scores.
+    cache (`Cache`, *optional*):
+        The KV cache, to continue decoding.
+    image_features (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+        Projected image features.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_features: torch.FloatTensor | None = None
+
+
+class LlavaMultiModalProjector(nn.Module):
+    """Maps vision features `(num_images, image_seq_length, vision_hidden_size * num_layers)` to the LM's width.
+
+    `linear`: one `nn.Linear` (LLaVA v1). `mlp2x_gelu`: Linear -> GELU -> Linear (LLaVA-1.5). Module names match
+    transformers' Llava (`linear_1`, `linear_2`) so weights convert by name.
+    """
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        in_features = vision_feature_size(config.vision_config) * config.num_vision_feature_layers
+        out_features = config.text_config.hidden_size
+        self.projector_type = config.projector_type
+        self.linear_1 = nn.Linear(in_features, out_features, bias=config.multimodal_projector_bias)
+        if config.projector_type == "mlp2x_gelu":
+            self.act = ACT2FN[config.projector_hidden_act]
+            self.linear_2 = nn.Linear(out_features, out_features, bias=config.multimodal_projector_bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(image_features)
+        if self.projector_type == "mlp2x_gelu":
+            hidden_states = self.linear_2(self.act(hidden_states))
+        return hidden_states
+
+
+class LlavaPreTrainedModel(PreTrainedModel):
+    config: LlavaConfig
+    config_class = LlavaConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus `attn_implementation="auto"` (FlashAttention-2 > sdpa)."""
+        if "attn_implementation" in kwargs:
+            kwargs["attn_implementation"] = resolve_attn_implementation(kwargs["attn_implementation"])
+        return super().from_pretrained(*args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        if "attn_implementation" in kwargs:
+            kwargs["attn_implementation"] = resolve_attn_implementation(kwargs["attn_implementation"])
+        return super()._from_config(config, **kwargs)
+
+
+class LlavaModel(LlavaPreTrainedModel):
+    """Vision tower, projector and the LM body, without the LM head."""
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """Run the vision tower and the projector.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+                Images in the order their `<image>` placeholders appear in the batch.
+
+        Returns:
+            image_features (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`).
+        """
+        pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
+        if self.config.vision_config.model_type == "timm_wrapper":
+            # CNN / timm backbones: the final feature map `(num_images, channels, h, w)` flattened row-major to tokens.
+            feature_map = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
+            if feature_map.ndim == 4:
+                selected = feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
+            else:  # timm ViTs already return (num_images, tokens, channels)
+                selected = feature_map
+        else:
+            hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+            layers = self.config.vision_feature_layer
+            layers = [layers] if isinstance(layers, int) else layers
+            selected_layers = [hidden_states[layer] for layer in layers]
+            if self.config.vision_feature_select_strategy == "default" and vision_tower_has_cls(
+                self.config.vision_config
+            ):
+                selected_layers = [layer[:, 1:] for layer in selected_layers]  # drop CLS
+            selected = torch.cat(selected_layers, dim=-1)  # (num_images, image_seq_length, vision_hidden * layers)
+        return self.multi_modal_projector(selected)  # (num_images, image_seq_length, text_hidden_size)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Boolean mask `(batch_size, sequence_length)` of the `<image>` positions."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embed = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embed).all(-1)
+
+    def merge_image_features(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write `image_features` into the `<image>` positions of `inputs_embeds`, image by image in reading order.
+
+        Raises a `ValueError` that gives both counts when the number of `<image>` tokens differs from the number of
+        image feature vectors (a wrong `image_seq_length`, a truncated prompt, or a missing image).
+        """
+        special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        n_image_tokens = int(special_image_mask.sum())
+        n_image_features = image_features.shape[0] * image_features.shape[1]
+        if n_image_tokens != n_image_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: "
+                f"{n_image_features} ({image_features.shape[0]} image(s) x {image_features.shape[1]} tokens). Each "
+                f"<image> must expand to config.image_seq_length={self.config.image_seq_length} tokens; build "
+                "inputs with LlavaProcessor and never truncate through an image."
+            )
+        image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+        mask = special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LlavaModelOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids, each image already expanded to `image_seq_length` `<image>` tokens by [`LlavaProcessor`].
+        pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`, *optional*):
+            All images of the batch, in reading order. Omit for text-only inputs.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (batch_size, sequence_length, hidden)
+
+        image_features = None
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
+        if pixel_values is None and input_ids is not None:
+            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
+            if n_image_tokens and (cache is None or cache.get_seq_length() == 0):
+                raise ValueError(
+                    f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: 0 "
+                    "(no pixel_values were passed)."
+                )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return LlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_features=image_features,
+        )
+
+
+class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
+    """LLaVA with its LM head: loss for training, `generate` for inference.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from llava_hf import LlavaForConditionalGeneration
+    >>> model = LlavaForConditionalGeneration(config)  # a LlavaConfig, see its docstring
+    >>> input_ids = torch.tensor([[1] + [config.image_token_id] * config.image_seq_length + [5, 6]])
+    >>> pixel_values = torch.randn(1, 3, 8, 8)
+    >>> out = model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids)
+    >>> out.logits.shape  # (1, 1 + 16 + 2, 99)
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        self.model = LlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> nn.Module:
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        return self.model.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for the next-token loss; -100 masks a position (prompt, image tokens, padding). Shifted inside.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+            Compute logits for only the last `logits_to_keep` positions (0: all), as in transformers' LMs.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_features=outputs.image_features,
+        )
+
+
+__all__ = ["LlavaForConditionalGeneration", "LlavaModel", "LlavaPreTrainedModel", "LlavaMultiModalProjector"]
