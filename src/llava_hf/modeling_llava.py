@@ -115,6 +115,23 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; `auto_map` also names every Auto class llava_hf registers with, so the
+        folder loads with `trust_remote_code=True` where `llava_hf` is not installed."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update(
+            {
+                "AutoConfig": "configuration_llava.LlavaConfig",
+                "AutoModel": "modeling_llava.LlavaModel",
+                "AutoModelForImageTextToText": "modeling_llava.LlavaForConditionalGeneration",
+                "AutoModelForMultimodalLM": "modeling_llava.LlavaForConditionalGeneration",
+                # Removed in transformers 5 (replaced by AutoModelForImageTextToText); kept for older readers.
+                "AutoModelForVision2Seq": "modeling_llava.LlavaForConditionalGeneration",
+            }
+        )
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus `attn_implementation="auto"` (FlashAttention-2 > sdpa)."""

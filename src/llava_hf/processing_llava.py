@@ -133,7 +133,9 @@ class LlavaHfProcessor(ProcessorMixin):
         if images is not None:
             processed, _ = self._process_images(images, return_tensors="pt")
             data.update(processed)
-        add_bos = getattr(self.tokenizer, "add_bos_token", True) and self.tokenizer.bos_token_id is not None
+        # BOS once at the start, exactly when the tokenizer itself adds one.
+        bos = self.tokenizer.bos_token_id
+        add_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
         image_ids = [self.image_token_id] * self.image_seq_length
         all_ids = []
         for sample in texts:

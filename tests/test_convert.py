@@ -1,0 +1,216 @@
+"""`llava-hf convert`: transformers' Llava <-> llava_hf, and original LLaVA checkpoints -> llava_hf."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tester import LlavaModelTester, tiny_tokenizer
+from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
+from transformers import LlavaConfig as HFLlavaConfig
+from transformers import LlavaForConditionalGeneration as HFLlava
+from transformers import LlavaProcessor as HFLlavaProcessor
+
+from llava_hf import LlavaForConditionalGeneration, LlavaProcessor
+from llava_hf.convert import ConversionError, convert, detect_layout
+
+
+def _hf_llava_config(tokenizer) -> HFLlavaConfig:
+    tester = LlavaModelTester()
+    ours = tester.get_config()
+    return HFLlavaConfig(
+        vision_config=ours.vision_config,
+        text_config=ours.text_config,
+        image_token_index=ours.image_token_id,
+        image_seq_length=ours.image_seq_length,
+    )
+
+
+def _save_hf_llava(path: Path, module_layout: bool) -> HFLlava:
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = HFLlava(_hf_llava_config(tokenizer)).eval()
+    model.save_pretrained(path)
+    HFLlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=2,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    ).save_pretrained(path)
+    state = load_file(path / "model.safetensors")
+    # transformers writes the legacy layout (language_model.model.*, vision_tower.*, ...); check we read it.
+    assert "language_model.lm_head.weight" in state
+    if module_layout:  # the module-path layout (model.language_model.*, lm_head.*) other writers produce
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("language_model.model."):
+                key = "model.language_model." + key[len("language_model.model.") :]
+            elif key.startswith("language_model.lm_head."):
+                key = key[len("language_model.") :]
+            else:
+                key = "model." + key
+            renamed[key] = value
+        save_file(renamed, path / "model.safetensors", metadata={"format": "pt"})
+    return model
+
+
+@pytest.mark.parametrize("module_layout", [False, True], ids=["legacy-keys", "module-keys"])
+def test_hf_llava_to_llava_hf_logits_match(tmp_path, module_layout):
+    reference = _save_hf_llava(tmp_path / "hf", module_layout)
+    assert detect_layout(tmp_path / "hf") == "hf-llava"
+    convert(tmp_path / "hf", tmp_path / "ours")
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    hf_processor = HFLlavaProcessor.from_pretrained(tmp_path / "hf")
+    image = torch.randint(0, 255, (3, 12, 9), dtype=torch.uint8)
+    prompt = "USER: <image>\nWhat is it? ASSISTANT:"
+    ours_inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    hf_inputs = hf_processor(images=[image], text=prompt, return_tensors="pt")
+    assert torch.equal(ours_inputs["input_ids"], hf_inputs["input_ids"])
+    with torch.no_grad():
+        ours = model(**ours_inputs).logits
+        theirs = reference(**hf_inputs).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_llava_hf_to_hf_llava_round_trip(tmp_path):
+    tester = LlavaModelTester()
+    tester.save(tmp_path / "ours")
+    convert(tmp_path / "ours", tmp_path / "hf", to="hf-llava")
+    assert detect_layout(tmp_path / "hf") == "hf-llava"
+    reference = HFLlava.from_pretrained(tmp_path / "hf").eval()
+    hf_processor = HFLlavaProcessor.from_pretrained(tmp_path / "hf")
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    image = torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8)
+    prompt = "USER: <image>\nHi ASSISTANT:"
+    ours_inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    hf_inputs = hf_processor(images=[image], text=prompt, return_tensors="pt")
+    assert torch.equal(ours_inputs["input_ids"], hf_inputs["input_ids"])
+    assert torch.allclose(ours_inputs["pixel_values"], hf_inputs["pixel_values"])
+    with torch.no_grad():
+        diff = (model(**ours_inputs).logits - reference(**hf_inputs).logits).abs().max().item()
+    assert diff <= 1e-5
+    # ... and back again gives the same weights.
+    convert(tmp_path / "hf", tmp_path / "back")
+    back = LlavaForConditionalGeneration.from_pretrained(tmp_path / "back")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, back.state_dict()[key]), key
+
+
+def test_linear_projector_cannot_go_to_hf_llava(tmp_path):
+    LlavaModelTester(projector_type="linear").save(tmp_path / "ours")
+    with pytest.raises(ConversionError, match="mlp2x_gelu"):
+        convert(tmp_path / "ours", tmp_path / "hf", to="hf-llava")
+
+
+def test_unknown_layout_raises(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ConversionError, match="unknown layout"):
+        detect_layout(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    _save_hf_llava(tmp_path / "hf", module_layout=True)
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    state.pop("model.multi_modal_projector.linear_2.bias")
+    state["model.extra.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"missing keys \['model.multi_modal_projector.linear_2.bias'\].*model.extra.weight"):
+        convert(tmp_path / "hf", tmp_path / "ours")
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    _save_hf_llava(tmp_path / "hf", module_layout=True)
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    state["model.multi_modal_projector.linear_2.bias"] = torch.zeros(7)
+    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"linear_2.bias: checkpoint \(7,\) vs model \(32,\)"):
+        convert(tmp_path / "hf", tmp_path / "ours")
+
+
+# -- original LLaVA checkpoints --------------------------------------------------------------------------------------
+PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions. USER: <image>\nWhat is in the image? ASSISTANT:"
+)
+
+
+@pytest.mark.parametrize(
+    "projector_type,include_vision,aspect",
+    [("linear", False, "square"), ("mlp2x_gelu", True, "pad"), ("mlp2x_gelu", False, "pad")],
+    ids=["v1-linear-tower-from-clip", "v1.5-mlp-tower-inside", "v1.5-mlp-tower-from-clip"],
+)
+def test_original_checkpoint_matches_original_forward(tmp_path, projector_type, include_vision, aspect):
+    from original_llava import make_clip_tower, make_original_checkpoint, original_forward
+    from PIL import Image
+
+    tower = make_clip_tower(tmp_path / "clip")
+    lm, projector = make_original_checkpoint(
+        tmp_path / "orig", tmp_path / "clip", projector_type, include_vision=include_vision, image_aspect_ratio=aspect
+    )
+    assert detect_layout(tmp_path / "orig") == "original"
+    convert(tmp_path / "orig", tmp_path / "ours")
+
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "orig" / "tokenizer.model"))
+    image = Image.fromarray(torch.randint(0, 255, (10, 16, 3), dtype=torch.uint8).numpy())
+    image_processor = CLIPImageProcessor.from_pretrained(tmp_path / "clip")
+    ref_ids, ref_logits = original_forward(lm, projector, tower, image_processor, sp, PROMPT, image, projector_type, aspect)
+
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    assert model.config.projector_type == projector_type
+    inputs = processor(images=[image], text=PROMPT, return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    # Token ids: the original's, with -200 expanded to image_seq_length <image> tokens. The lone "▁" after the image
+    # (the chunk "\nWhat..." tokenized on its own) must be there.
+    pos = ref_ids.index(-200)
+    expected = ref_ids[:pos] + [model.config.image_token_id] * model.config.image_seq_length + ref_ids[pos + 1 :]
+    assert ids == expected
+    assert sp.id_to_piece(ref_ids[pos + 1]) == "▁"
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    # Image positions in the original are features, identical here; compare every position.
+    assert (logits[0, :, : ref_logits.shape[-1]] - ref_logits[0]).abs().max().item() <= 1e-5
+
+
+def test_whole_prompt_tokenization_drops_the_lone_piece(tmp_path):
+    """Why `split_text_at_images` exists: tokenizing the whole prompt loses the "▁" after <image>."""
+    from original_llava import make_clip_tower, make_original_checkpoint
+
+    make_clip_tower(tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip")
+    convert(tmp_path / "orig", tmp_path / "ours")
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    assert processor.split_text_at_images
+    image = torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8)
+    split = processor(images=[image], text=PROMPT)["input_ids"][0]
+    processor.split_text_at_images = False
+    whole = processor(images=[image], text=PROMPT)["input_ids"][0]
+    assert len(split) == len(whole) + 1
+
+
+def test_original_bin_needs_allow_bin(tmp_path):
+    from original_llava import make_clip_tower, make_original_checkpoint
+
+    make_clip_tower(tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", as_bin=True)
+    with pytest.raises(ConversionError, match="--allow-bin"):
+        convert(tmp_path / "orig", tmp_path / "ours")
+    convert(tmp_path / "orig", tmp_path / "ours", allow_bin=True)
+    assert (tmp_path / "ours" / "model.safetensors").is_file()
+
+
+def test_original_hub_id_vision_tower_needs_local_path(tmp_path):
+    from original_llava import make_clip_tower, make_original_checkpoint
+
+    make_clip_tower(tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", mm_vision_tower="openai/clip-vit-large-patch14-336")
+    with pytest.raises(ConversionError, match="--vision-tower"):
+        convert(tmp_path / "orig", tmp_path / "ours")
+    convert(tmp_path / "orig", tmp_path / "ours", vision_tower=tmp_path / "clip")
+    assert LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").config.vision_feature_layer == -2
