@@ -152,5 +152,5 @@ def _default_system_prompt(tokenizer: Any) -> str:
     import re
 
     template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
-    match = re.search(r"<\|im_start\|>system\\n(.*?)<\|im_end\|>", template)
+    match = re.search(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", template)
     return match.group(1) if match else ""
