@@ -74,7 +74,7 @@ class LlavaModelTester:
 
     def get_model(self, seed: int = 0, **kwargs) -> LlavaForConditionalGeneration:
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(self.get_config(), **kwargs).eval()
+        model = LlavaForConditionalGeneration._from_config(self.get_config(), **kwargs).eval()
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         model.generation_config.eos_token_id = self.tokenizer.eos_token_id
         return model
