@@ -45,17 +45,26 @@ def train_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
     )
     (path / "tokenizer.model").write_bytes(model.getvalue())
     (path / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "model_max_length": 2048})
+        json.dumps(
+            {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "model_max_length": 2048}
+        )
     )
-    (path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
 def make_clip_tower(path: Path, image_size: int = 8) -> CLIPVisionModel:
     torch.manual_seed(1)
     config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
-        image_size=image_size, patch_size=2, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=2,
+        projection_dim=32,
     )
     tower = CLIPVisionModel(config).eval()
     tower.save_pretrained(path)
@@ -78,18 +87,28 @@ def make_original_checkpoint(
     sp = train_sentencepiece(path)
     torch.manual_seed(2)
     text_config = LlamaConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, vocab_size=sp.get_piece_size(), max_position_embeddings=512,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=sp.get_piece_size(),
+        max_position_embeddings=512,
     )
     lm = LlamaForCausalLM(text_config).eval()
     state = {k: v for k, v in lm.state_dict().items()}
     projector = {}
     if projector_type == "linear":
-        projector = {"model.mm_projector.weight": torch.randn(32, 32) * 0.1, "model.mm_projector.bias": torch.randn(32) * 0.1}
+        projector = {
+            "model.mm_projector.weight": torch.randn(32, 32) * 0.1,
+            "model.mm_projector.bias": torch.randn(32) * 0.1,
+        }
     else:
         projector = {
-            "model.mm_projector.0.weight": torch.randn(32, 32) * 0.1, "model.mm_projector.0.bias": torch.randn(32) * 0.1,
-            "model.mm_projector.2.weight": torch.randn(32, 32) * 0.1, "model.mm_projector.2.bias": torch.randn(32) * 0.1,
+            "model.mm_projector.0.weight": torch.randn(32, 32) * 0.1,
+            "model.mm_projector.0.bias": torch.randn(32) * 0.1,
+            "model.mm_projector.2.weight": torch.randn(32, 32) * 0.1,
+            "model.mm_projector.2.bias": torch.randn(32) * 0.1,
         }
     state.update(projector)
     # Released checkpoints carry the rotary buffers; conversion must drop them.

@@ -1,10 +1,10 @@
 """LlavaConfig: LLaVA's defaults, validation with clear messages, save -> reload equality."""
 
 import pytest
-from tester import LlavaModelTester
 from transformers import AutoConfig, SiglipVisionConfig
 
 from llava_hf import LlavaConfig, compute_image_seq_length
+from tester import LlavaModelTester
 
 
 def test_defaults_are_llava_v1():
@@ -19,12 +19,16 @@ def test_defaults_are_llava_v1():
 
 
 @pytest.mark.parametrize(
-    "image_size,strategy,expected", [(336, "default", 576), (336, "full", 577), (224, "default", 256), (224, "full", 257)]
+    "image_size,strategy,expected",
+    [(336, "default", 576), (336, "full", 577), (224, "default", 256), (224, "full", 257)],
 )
 def test_image_seq_length_for_clip_vit_l14(image_size, strategy, expected):
     config = LlavaConfig(vision_config={"model_type": "clip_vision_model", "image_size": image_size, "patch_size": 14})
     assert compute_image_seq_length(config.vision_config, strategy) == expected
-    assert LlavaConfig(vision_config=config.vision_config, vision_feature_select_strategy=strategy).image_seq_length == expected
+    assert (
+        LlavaConfig(vision_config=config.vision_config, vision_feature_select_strategy=strategy).image_seq_length
+        == expected
+    )
 
 
 def test_siglip_has_no_cls_token():
@@ -41,7 +45,11 @@ def test_llava_select_feature_names_are_accepted(legacy, canonical):
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("projector_type", "mlp3x_gelu", r"projector_type must be one of \['linear', 'mlp2x_gelu'\], got 'mlp3x_gelu'"),
+        (
+            "projector_type",
+            "mlp3x_gelu",
+            r"projector_type must be one of \['linear', 'mlp2x_gelu'\], got 'mlp3x_gelu'",
+        ),
         ("vision_feature_select_strategy", "cls", r'must be "default" or "full".*got \'cls\''),
         ("image_aspect_ratio", "anyres", r"image_aspect_ratio must be one of \['square', 'pad'\], got 'anyres'"),
     ],

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tester import LlavaModelTester, tiny_tokenizer
-from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
+from transformers import CLIPImageProcessor
 from transformers import LlavaConfig as HFLlavaConfig
 from transformers import LlavaForConditionalGeneration as HFLlava
 from transformers import LlavaProcessor as HFLlavaProcessor
 
 from llava_hf import LlavaForConditionalGeneration, LlavaProcessor
 from llava_hf.convert import ConversionError, convert, detect_layout
+from tester import LlavaModelTester, tiny_tokenizer
 
 
 def _hf_llava_config(tokenizer) -> HFLlavaConfig:
@@ -118,7 +118,9 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     state.pop("model.multi_modal_projector.linear_2.bias")
     state["model.extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ConversionError, match=r"missing keys \['model.multi_modal_projector.linear_2.bias'\].*model.extra.weight"):
+    with pytest.raises(
+        ConversionError, match=r"missing keys \['model.multi_modal_projector.linear_2.bias'\].*model.extra.weight"
+    ):
         convert(tmp_path / "hf", tmp_path / "ours")
 
 
@@ -144,8 +146,9 @@ PROMPT = (
     ids=["v1-linear-tower-from-clip", "v1.5-mlp-tower-inside", "v1.5-mlp-tower-from-clip"],
 )
 def test_original_checkpoint_matches_original_forward(tmp_path, projector_type, include_vision, aspect):
-    from original_llava import make_clip_tower, make_original_checkpoint, original_forward
     from PIL import Image
+
+    from original_llava import make_clip_tower, make_original_checkpoint, original_forward
 
     tower = make_clip_tower(tmp_path / "clip")
     lm, projector = make_original_checkpoint(
@@ -159,7 +162,9 @@ def test_original_checkpoint_matches_original_forward(tmp_path, projector_type, 
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "orig" / "tokenizer.model"))
     image = Image.fromarray(torch.randint(0, 255, (10, 16, 3), dtype=torch.uint8).numpy())
     image_processor = CLIPImageProcessor.from_pretrained(tmp_path / "clip")
-    ref_ids, ref_logits = original_forward(lm, projector, tower, image_processor, sp, PROMPT, image, projector_type, aspect)
+    ref_ids, ref_logits = original_forward(
+        lm, projector, tower, image_processor, sp, PROMPT, image, projector_type, aspect
+    )
 
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
     processor = LlavaProcessor.from_pretrained(tmp_path / "ours")

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tester import LlavaModelTester
 
 from llava_hf import LlavaForConditionalGeneration, resolve_attn_implementation
+from tester import LlavaModelTester
 
 
 @pytest.mark.parametrize("projector_type", ["linear", "mlp2x_gelu"])
@@ -118,7 +118,9 @@ def test_batched_left_padded_generation_equals_single():
     batched = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1] :]
     for index, (image, prompt) in enumerate(zip(images, prompts)):
         single_inputs = processor(images=[image], text=prompt, return_tensors="pt")
-        single = model.generate(**single_inputs, max_new_tokens=5, do_sample=False)[:, single_inputs["input_ids"].shape[1] :]
+        single = model.generate(**single_inputs, max_new_tokens=5, do_sample=False)[
+            :, single_inputs["input_ids"].shape[1] :
+        ]
         assert torch.equal(batched[index], single[0]), f"sample {index}: {batched[index]} vs {single[0]}"
 
 
@@ -163,7 +165,9 @@ def test_trl_fused_lm_head_backbone_contract():
     model = tester.get_model()
     inputs = tester.prepare_inputs()
     backbone = getattr(model, model.base_model_prefix)
-    out = backbone(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+    out = backbone(
+        input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"]
+    )
     assert out.last_hidden_state.shape == (2, 22, 32)
     assert model.get_output_embeddings() is model.lm_head
     with torch.no_grad():

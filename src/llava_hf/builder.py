@@ -87,7 +87,9 @@ def build_llava_from_pretrained(
         image_processor = AutoImageProcessor.from_pretrained(vision_model)
 
     # Tokenizer surgery: `<image>` as a special token so it never merges with text, and a pad token for batching.
-    added = tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    added = tokenizer.add_special_tokens(
+        {"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False
+    )
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": "<pad>"})
     if added or lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -119,9 +121,7 @@ def build_llava_from_pretrained(
     if seed is not None:
         torch.manual_seed(seed)
     projector_dtype = dtype or lm.get_input_embeddings().weight.dtype
-    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(
-        device=lm.device, dtype=projector_dtype
-    )
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(device=lm.device, dtype=projector_dtype)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.language_model.get_input_embeddings().weight
     model.generation_config = lm.generation_config

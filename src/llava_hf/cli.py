@@ -23,7 +23,9 @@ def _convert_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dst", help="folder to write")
     parser.add_argument("--to", choices=["llava_hf", "hf-llava"], default="llava_hf", help="target layout")
     parser.add_argument(
-        "--vision-tower", default=None, help="local CLIP folder for original checkpoints whose mm_vision_tower is a Hub id"
+        "--vision-tower",
+        default=None,
+        help="local CLIP folder for original checkpoints whose mm_vision_tower is a Hub id",
     )
     parser.add_argument(
         "--allow-bin", action="store_true", help="read .bin weights with torch.load(weights_only=True)"

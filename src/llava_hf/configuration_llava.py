@@ -174,10 +174,12 @@ class LlavaConfig(PreTrainedConfig):
         if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(
                 f"LlavaConfig.image_aspect_ratio must be one of {list(IMAGE_ASPECT_RATIOS)}, got "
-                f"{self.image_aspect_ratio!r}; \"pad\" pads to a square (LLaVA-1.5), \"square\" lets the image "
+                f'{self.image_aspect_ratio!r}; "pad" pads to a square (LLaVA-1.5), "square" lets the image '
                 "processor resize/crop (LLaVA v1)."
             )
-        layers = [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        layers = (
+            [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        )
         if not layers or not all(isinstance(layer, int) for layer in layers):
             raise ValueError(
                 f"LlavaConfig.vision_feature_layer must be an int or a non-empty list of ints, got "

@@ -293,7 +293,9 @@ def _original_projector_type(config: dict) -> str:
     return projector_type
 
 
-def convert_original_to_llava_hf(src: Path, dst: Path, vision_tower: str | Path | None = None, allow_bin: bool = False) -> None:
+def convert_original_to_llava_hf(
+    src: Path, dst: Path, vision_tower: str | Path | None = None, allow_bin: bool = False
+) -> None:
     raw = read_config(src)
     if raw.get("mm_use_im_start_end"):
         raise ConversionError(
@@ -352,7 +354,9 @@ def convert_original_to_llava_hf(src: Path, dst: Path, vision_tower: str | Path 
     if new_rows > 0:
         for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
             weight = state[key]
-            state[key] = torch.cat([weight, weight.float().mean(0, keepdim=True).to(weight.dtype).expand(new_rows, -1)])
+            state[key] = torch.cat(
+                [weight, weight.float().mean(0, keepdim=True).to(weight.dtype).expand(new_rows, -1)]
+            )
         text_config.vocab_size = len(tokenizer)
 
     config = LlavaConfig(
@@ -420,7 +424,9 @@ def convert(
             raise ConversionError(f"{src} is already a llava_hf checkpoint.")
     else:
         if layout != "llava_hf":
-            raise ConversionError(f"--to hf-llava converts llava_hf checkpoints; {src} is {layout!r}. Convert it to llava_hf first.")
+            raise ConversionError(
+                f"--to hf-llava converts llava_hf checkpoints; {src} is {layout!r}. Convert it to llava_hf first."
+            )
         convert_llava_hf_to_hf_llava(src, dst)
     logger.info("converted %s (%s) -> %s (%s)", src, layout, dst, to)
     return layout

@@ -219,7 +219,9 @@ class LlavaModel(LlavaPreTrainedModel):
                 f"<image> must expand to config.image_seq_length={self.config.image_seq_length} tokens; build "
                 "inputs with LlavaProcessor and never truncate through an image."
             )
-        image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+        image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(
+            inputs_embeds.device, inputs_embeds.dtype
+        )
         mask = special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, image_features)
 

@@ -1,0 +1,135 @@
+"""LlavaProcessor: image-token expansion, chat templates with generation markers, pad-to-square, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, CLIPImageProcessor
+
+from llava_hf import LlavaProcessor, get_chat_template
+from llava_hf.processing_llava import expand_to_square
+from tester import LlavaModelTester, tiny_tokenizer
+
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions."
+)
+CONVERSATION = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    {"role": "user", "content": [{"type": "text", "text": "Color?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+]
+
+
+def _image(height=10, width=14):
+    return Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype("uint8"))
+
+
+def test_each_image_expands_to_image_seq_length_tokens():
+    processor = LlavaModelTester().get_processor()
+    out = processor(images=[_image(), _image()], text="<image> and <image>", return_tensors="pt")
+    assert (out["input_ids"] == processor.image_token_id).sum().item() == 2 * 16
+    assert out["pixel_values"].shape == (2, 3, 8, 8)
+
+
+def test_vicuna_v1_prompt_is_the_original_text():
+    processor = LlavaModelTester(chat_template="vicuna_v1").get_processor()
+    text = processor.apply_chat_template(CONVERSATION)
+    assert text == (
+        f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT: Red.</s>"
+    )
+    prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
+    assert prompt == f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:"
+
+
+def test_vicuna_v1_puts_images_first_like_the_original():
+    processor = LlavaModelTester(chat_template="vicuna_v1").get_processor()
+    after = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]}]
+    assert "USER: <image>\nWhat is it? " in processor.apply_chat_template(after)
+
+
+def test_plain_drops_the_instruction():
+    processor = LlavaModelTester(chat_template="plain").get_processor()
+    caption = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a red bus"}]},
+    ]
+    assert processor.apply_chat_template(caption) == "<s><image>a red bus\n"
+
+
+def _supervised_text(processor, conversation, images):
+    out = processor.apply_chat_template(
+        conversation,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        images=images,
+        return_tensors="pt",
+    )
+    mask = torch.as_tensor(out["assistant_masks"][0]).bool()
+    assert not (out["input_ids"][0][mask] == processor.image_token_id).any()
+    return processor.tokenizer.decode(out["input_ids"][0][mask])
+
+
+@pytest.mark.parametrize(
+    "template,expected",
+    [("vicuna_v1", "A cat.</s>Red.</s>"), ("chatml", "A cat.<|im_end|>Red.<|im_end|>"), ("plain", "A cat.\n")],
+)
+def test_assistant_mask_marks_exactly_answers_and_end_tokens(template, expected):
+    tester = LlavaModelTester(chat_template=template)
+    processor = tester.get_processor()
+    if template == "chatml":
+        processor.tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}, replace_extra_special_tokens=False
+        )
+    conversation = CONVERSATION[:2] if template == "plain" else CONVERSATION
+    assert _supervised_text(processor, conversation, [_image()]).replace(" ", "").replace("▁", "") == expected.replace(
+        " ", ""
+    )
+
+
+def test_pad_aspect_ratio_pads_with_the_mean_colour():
+    image = Image.new("RGB", (20, 10), (255, 0, 0))
+    square = expand_to_square(image, (122, 116, 104))
+    assert square.size == (20, 20)
+    assert square.getpixel((0, 0)) == (122, 116, 104) and square.getpixel((10, 10)) == (255, 0, 0)
+    processor = LlavaModelTester(image_aspect_ratio="pad").get_processor()
+    padded = processor(images=[image], text="<image>", return_tensors="pt")["pixel_values"]
+    squared = LlavaModelTester(image_aspect_ratio="square").get_processor()(
+        images=[image], text="<image>", return_tensors="pt"
+    )["pixel_values"]
+    # Padding adds mean-coloured rows, which normalise to ~0; the centre-cropped version is all red.
+    assert padded[0, :, 0, :].abs().max() < 0.05  # red would normalise to ~1.9
+    assert not torch.allclose(padded, squared)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    processor = LlavaModelTester(image_aspect_ratio="pad").get_processor()
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is LlavaProcessor
+    assert reloaded.image_seq_length == 16 and reloaded.image_aspect_ratio == "pad"
+    assert reloaded.chat_template == processor.chat_template
+    image = _image()
+    a = processor(images=[image], text="<image>\nHi", return_tensors="pt")
+    b = reloaded(images=[image], text="<image>\nHi", return_tensors="pt")
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_tokenizer_without_image_token_is_a_clear_error():
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(ValueError, match="has no '<im>' token"):
+        LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer, image_token="<im>")
+
+
+def test_image_count_mismatch_raises():
+    processor = LlavaModelTester().get_processor()
+    with pytest.raises(ValueError, match="Found total 2 <image> tokens and 1 images"):
+        processor(images=[_image()], text="<image><image>")
+
+
+def test_shipped_templates():
+    assert "{% generation %}" in get_chat_template("vicuna_v1").replace("{%-", "{%").replace("-%}", "%}")
+    with pytest.raises(ValueError, match="Unknown chat template"):
+        get_chat_template("llama_2")
