@@ -1,0 +1,94 @@
+"""build_llava_from_pretrained: pretrained vision encoder + pretrained LM + fresh projector."""
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+)
+
+from llava_hf import LlavaForConditionalGeneration, build_llava_from_pretrained
+from tester import LlavaModelTester
+
+
+def _save_backbones(tmp_path):
+    tester = LlavaModelTester()
+    config = tester.get_config()
+    torch.manual_seed(3)
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=config.vision_config.to_dict(),
+            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
+            projection_dim=32,
+        )
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(
+        tmp_path / "clip"
+    )
+    # An LM whose tokenizer has neither <image> nor a pad token, like Vicuna's.
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, **{c: i + 4 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[])
+    tokenizer.save_pretrained(tmp_path / "lm")
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(vocab),
+        )
+    )
+    lm.save_pretrained(tmp_path / "lm")
+    return clip, lm
+
+
+@pytest.mark.parametrize("projector_type", ["linear", "mlp2x_gelu"])
+def test_build_from_paths(tmp_path, projector_type):
+    clip, lm = _save_backbones(tmp_path)
+    model, processor = build_llava_from_pretrained(
+        str(tmp_path / "clip"), str(tmp_path / "lm"), projector_type=projector_type, seed=0
+    )
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert model.config.projector_type == projector_type
+    # Tokenizer surgery: <image> and <pad> added, embeddings resized to match.
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == 30
+    assert tokenizer.pad_token == "<pad>"
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == 32
+    assert model.lm_head.weight.shape[0] == 32
+    # Pretrained weights are kept (the vision half of the full CLIP checkpoint; the LM's original rows).
+    assert torch.equal(
+        model.model.vision_tower.embeddings.patch_embedding.weight, clip.vision_model.embeddings.patch_embedding.weight
+    )
+    assert torch.equal(model.get_input_embeddings().weight[:30], lm.get_input_embeddings().weight)
+    assert not any(p.is_meta for p in model.parameters())
+    # The processor agrees with the model on the number of image tokens, and the model runs.
+    assert processor.image_seq_length == model.config.image_seq_length == 16
+    image = torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8)
+    inputs = processor(images=[image], text="<image>\nabc", return_tensors="pt")
+    out = model(**inputs, labels=inputs["input_ids"])
+    assert torch.isfinite(out.loss)
+
+
+def test_build_saves_a_complete_checkpoint(tmp_path):
+    _save_backbones(tmp_path)
+    model, processor = build_llava_from_pretrained(str(tmp_path / "clip"), str(tmp_path / "lm"), seed=0)
+    model.save_pretrained(tmp_path / "llava")
+    processor.save_pretrained(tmp_path / "llava")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+    assert "<image>" in AutoTokenizer.from_pretrained(tmp_path / "llava").get_vocab()
+
+
+def test_objects_without_tokenizer_raise(tmp_path):
+    clip, lm = _save_backbones(tmp_path)
+    with pytest.raises(ValueError, match="Pass `tokenizer=`"):
+        build_llava_from_pretrained(str(tmp_path / "clip"), lm)
