@@ -1,0 +1,319 @@
+"""LLaVA's JSON / JSONL formats <-> `datasets.Dataset` in TRL's vision-language conversational format.
+
+A LLaVA record:
+
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
+                       {"from": "gpt", "value": "The bus is white and red."}, ...]}
+
+becomes a row
+
+    {"id": "000000033471", "images": [<Image feature: image_root/coco/train2017/000000033471.jpg>],
+     "image_files": ["coco/train2017/000000033471.jpg"],
+     "messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                               {"type": "text", "text": "\\nWhat are the colors of the bus?"}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "The bus is white and red."}]}],
+     "metadata": "{}"}
+
+The text is split at each `<image>` exactly, so the placeholder keeps its position (before or after the text) and
+`to_llava_record` gives the source strings back unchanged. Fields other than id / image / conversations travel in
+`metadata` (JSON). Files stream through `ijson` into Arrow: no image is decoded and no per-row Python objects are kept
+for the whole file.
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+LLAVA_ROLES = {value: key for key, value in ROLES.items()}
+# The playground layout of LLaVA-Instruct samples: one instruction / output pair per row.
+INSTRUCTION_LAYOUT_KEYS = {"instruction", "output"}
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; the message names the file, the row, the record id and the problem."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: rows read, written and skipped, with the reason for each skip."""
+
+    rows_read: int = 0
+    rows_written: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str, message: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.errors) < 100:
+            self.errors.append(message)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items())) or "none"
+        return f"{self.rows_read} rows read, {self.rows_written} written, skipped: {skipped}"
+
+
+# -- reading -------------------------------------------------------------------------------------------------------
+def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield `(row_number, record)` from a LLaVA `.json` (a top-level array, streamed) or `.jsonl` file."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise RecordError(f"{path} line {number}: not valid JSON ({error.msg}).") from error
+        return
+    import ijson
+
+    with path.open("rb") as handle:
+        # use_float keeps numbers as float instead of Decimal, as json.load would.
+        for number, record in enumerate(ijson.items(handle, "item", use_float=True), start=1):
+            yield number, record
+
+
+def _where(source: str, number: int, record: dict) -> str:
+    unit = "line" if source.endswith(".jsonl") else "row"
+    record_id = record.get("id") if isinstance(record, dict) else None
+    return f"{source} {unit} {number} (id {record_id!r})"
+
+
+def _image_files(record: dict) -> list[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else list(image)
+
+
+def _split_at_images(text: str) -> list[dict[str, Any]]:
+    """Typed content parts of a turn: text chunks and an image part at each `<image>`, in order."""
+    parts: list[dict[str, Any]] = []
+    for index, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if index:
+            parts.append({"type": "image", "text": None})
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
+def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
+    """Validate one LLaVA record and convert it to the conversational row layout (see the module docstring)."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+    if "conversations" not in record and INSTRUCTION_LAYOUT_KEYS <= record.keys():
+        record = instruction_layout_to_llava(record)
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise RecordError(f"{where}: 'conversations' is missing or empty.")
+    image_files = _image_files(record)
+    messages, placeholders = [], 0
+    for index, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RecordError(f"{where}: conversations[{index}] needs 'from' and 'value'.")
+        role = ROLES.get(turn["from"])
+        if role is None:
+            raise RecordError(
+                f"{where}: conversations[{index}] has from={turn['from']!r}; expected one of {sorted(ROLES)}."
+            )
+        value = turn["value"]
+        if not isinstance(value, str):
+            raise RecordError(f"{where}: conversations[{index}].value is {type(value).__name__}, not a string.")
+        if role == "assistant" and IMAGE_PLACEHOLDER in value:
+            raise RecordError(f"{where}: conversations[{index}] is a gpt turn with an <image> placeholder.")
+        placeholders += value.count(IMAGE_PLACEHOLDER)
+        messages.append({"role": role, "content": _split_at_images(value)})
+    if placeholders != len(image_files):
+        raise RecordError(
+            f"{where}: the conversations have {placeholders} <image> placeholder(s) but 'image' has "
+            f"{len(image_files)}; "
+            + ("add an <image> placeholder to the first human turn." if placeholders < len(image_files) else "remove one or add an image.")
+        )
+    extra = {k: v for k, v in record.items() if k not in ("id", "image", "conversations")}
+    return {
+        "id": str(record.get("id", "")),
+        "image_files": image_files,
+        "messages": messages,
+        "metadata": json.dumps(extra, ensure_ascii=False) if extra else "{}",
+    }
+
+
+def instruction_layout_to_llava(record: dict) -> dict:
+    """`{id, image, instruction, output, type}` (LLaVA-Instruct playground rows) -> a one-turn LLaVA record."""
+    human = record["instruction"]
+    if record.get("image") is not None and IMAGE_PLACEHOLDER not in human:
+        human = f"{IMAGE_PLACEHOLDER}\n{human}"
+    converted = {k: v for k, v in record.items() if k not in ("instruction", "output")}
+    converted["conversations"] = [{"from": "human", "value": human}, {"from": "gpt", "value": record["output"]}]
+    return converted
+
+
+def row_to_llava_record(row: dict[str, Any]) -> dict:
+    """Inverse of `llava_record_to_row`: the original LLaVA record, string for string."""
+    record: dict[str, Any] = {"id": row["id"]}
+    files = list(row.get("image_files") or [])
+    if len(files) == 1:
+        record["image"] = files[0]
+    elif files:
+        record["image"] = files
+    conversations = []
+    for message in row["messages"]:
+        value = "".join(
+            IMAGE_PLACEHOLDER if part["type"] == "image" else (part.get("text") or "") for part in message["content"]
+        )
+        conversations.append({"from": LLAVA_ROLES[message["role"]], "value": value})
+    record["conversations"] = conversations
+    metadata = row.get("metadata")
+    if metadata and metadata != "{}":
+        record.update(json.loads(metadata))
+    return record
+
+
+# -- datasets ------------------------------------------------------------------------------------------------------
+def conversational_features():
+    from datasets import Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string")}
+    return Features(
+        {
+            "id": Value("string"),
+            "images": List(Image()),
+            "image_files": List(Value("string")),
+            "messages": List({"role": Value("string"), "content": List(part)}),
+            "metadata": Value("string"),
+        }
+    )
+
+
+def _rows(
+    paths: list[str],
+    image_root: str | None,
+    on_error: str,
+    stage: str,
+    report: ConversionReport,
+) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        for number, record in iter_llava_file(path):
+            report.rows_read += 1
+            where = _where(str(path), number, record)
+            try:
+                row = llava_record_to_row(record, where)
+                if stage == "plain":
+                    row = to_plain(row, where)
+            except RecordError as error:
+                if on_error == "raise":
+                    raise
+                report.skip(type(error).__name__ if not str(error) else _reason(str(error)), str(error))
+                continue
+            root = Path(image_root) if image_root is not None else Path(path).parent
+            row["images"] = [{"path": str(root / name), "bytes": None} for name in row["image_files"]]
+            report.rows_written += 1
+            yield row
+
+
+def _reason(message: str) -> str:
+    # Group skips by the kind of problem (the text after the record's location), for the report.
+    detail = message.split("): ", 1)[-1]
+    for marker in ("placeholder", "conversations", "from=", "value is", "needs", "JSON", "gpt turn", "caption"):
+        if marker in detail:
+            return {
+                "placeholder": "image placeholder count",
+                "conversations": "empty or missing conversations",
+                "from=": "unknown role",
+                "value is": "non-string value",
+                "needs": "malformed turn",
+                "JSON": "invalid JSON",
+                "gpt turn": "<image> in a gpt turn",
+                "caption": "not a caption pair",
+            }[marker]
+    return "other"
+
+
+def load_llava_dataset(
+    paths: str | Path | Iterable[str | Path],
+    image_root: str | Path | None = None,
+    stage: str = "chat",
+    on_error: str = "raise",
+    cache_dir: str | None = None,
+):
+    """Read LLaVA JSON/JSONL file(s) into a `datasets.Dataset` in TRL's vision-language conversational format.
+
+    Args:
+        paths: one or more `.json` / `.jsonl` files.
+        image_root: folder the records' `image` paths are relative to (default: each file's folder). Images are
+            referenced by path and never decoded here.
+        stage: `"chat"` (stage 2: conversations as they are) or `"plain"` (stage 1: image + caption, the
+            instruction dropped as the original's `plain` format did).
+        on_error: `"raise"` (default) stops at the first bad record with a message naming it; `"skip"` skips it,
+            counts it by kind and logs the summary.
+
+    Returns:
+        `(dataset, report)`: the dataset and a `ConversionReport` of rows read, written and skipped.
+    """
+    from datasets import Dataset
+
+    if stage not in ("chat", "plain"):
+        raise ValueError(f'stage must be "chat" or "plain", got {stage!r}.')
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}.')
+    paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+    report = ConversionReport()
+    dataset = Dataset.from_generator(
+        _rows,
+        gen_kwargs={
+            "paths": paths,
+            "image_root": None if image_root is None else str(image_root),
+            "on_error": on_error,
+            "stage": stage,
+            "report": report,
+        },
+        features=conversational_features(),
+        cache_dir=cache_dir,
+        # A fresh fingerprint: the generator must run (and fill `report`) every time, never hit a stale cache.
+        fingerprint=uuid.uuid4().hex,
+    )
+    if report.skipped:
+        logger.warning("LLaVA conversion of %s: %s", ", ".join(paths), report.summary())
+    else:
+        logger.info("LLaVA conversion of %s: %s", ", ".join(paths), report.summary())
+    return dataset, report
+
+
+def to_plain(row: dict[str, Any], where: str = "record") -> dict[str, Any]:
+    """Stage-1 (`plain`) form of a caption pair: the image alone in the user turn, the caption as the answer."""
+    messages = row["messages"]
+    if len(messages) != 2 or messages[0]["role"] != "user" or messages[1]["role"] != "assistant":
+        raise RecordError(f"{where}: a stage-1 (plain) caption pair needs exactly one human and one gpt turn.")
+    images = [part for part in messages[0]["content"] if part["type"] == "image"]
+    if len(images) != 1:
+        raise RecordError(f"{where}: a stage-1 (plain) caption pair needs exactly one image, got {len(images)}.")
+    return {**row, "messages": [{"role": "user", "content": images}, messages[1]]}
+
+
+def write_llava_json(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write rows (a Dataset or dicts in the row layout) as a LLaVA `.json` array or `.jsonl` file; returns the count."""
+    path = Path(path)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        jsonl = path.suffix == ".jsonl"
+        if not jsonl:
+            handle.write("[")
+        for row in rows:
+            text = json.dumps(row_to_llava_record(row), ensure_ascii=False)
+            if jsonl:
+                handle.write(text + "\n")
+            else:
+                handle.write(("," if count else "") + "\n" + text)
+            count += 1
+        if not jsonl:
+            handle.write("\n]\n")
+    return count
