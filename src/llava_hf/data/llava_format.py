@@ -110,7 +110,7 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
     """Validate one LLaVA record and convert it to the conversational row layout (see the module docstring)."""
     if not isinstance(record, dict):
         raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-    if "conversations" not in record and INSTRUCTION_LAYOUT_KEYS <= record.keys():
+    if "conversations" not in record and record.keys() >= INSTRUCTION_LAYOUT_KEYS:
         record = instruction_layout_to_llava(record)
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
@@ -136,7 +136,11 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
         raise RecordError(
             f"{where}: the conversations have {placeholders} <image> placeholder(s) but 'image' has "
             f"{len(image_files)}; "
-            + ("add an <image> placeholder to the first human turn." if placeholders < len(image_files) else "remove one or add an image.")
+            + (
+                "add an <image> placeholder to the first human turn."
+                if placeholders < len(image_files)
+                else "remove one or add an image."
+            )
         )
     extra = {k: v for k, v in record.items() if k not in ("id", "image", "conversations")}
     return {

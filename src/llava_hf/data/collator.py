@@ -1,0 +1,193 @@
+"""The assistant-only collator: labels on exactly the answers, loud about everything it cannot do.
+
+Labels come from the processor's chat template (`{% generation %}` markers -> `assistant_masks`): each assistant
+answer and its end token is supervised (`</s>` for vicuna_v1, `<|im_end|>` for ChatML, the caption and `\\n` for
+plain); the system prompt, user turns, image tokens and padding get -100.
+
+Unlike the original code, which set a whole sample's labels to -100 on a "tokenization mismatch" and trained on
+nothing, a sample whose answers cannot be located is an error naming the sample. Over-long samples are truncated in
+text only (never through an image's tokens; images whose tokens fall past the cut are dropped with them) or skipped,
+and every truncation and skip is counted in `collator.stats`.
+"""
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .images import DEFAULT_MAX_PIXELS, load_image
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_POLICIES = ("text", "skip")
+
+
+class LabelError(ValueError):
+    """A sample whose supervised span cannot be located; names the sample."""
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    """`[start, end)` spans of consecutive ones."""
+    spans, start = [], None
+    for index, value in enumerate(mask + [0]):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            spans.append((start, index))
+            start = None
+    return spans
+
+
+@dataclass
+class LlavaDataCollator:
+    """Collate conversational rows (`messages`, `images`, `id`) into `input_ids`, `attention_mask`,
+    `pixel_values` and `labels` for [`LlavaForConditionalGeneration`].
+
+    Args:
+        processor: a `LlavaProcessor` whose chat template has `{% generation %}` markers.
+        max_length: longest sequence in tokens (`None`: no limit).
+        truncation: `"text"` cuts over-long samples at `max_length` (moved back to the start of an image's tokens if
+            the cut would fall inside them); `"skip"` drops them. Both are counted in `stats`.
+        pad_to_multiple_of: pad the batch length up to a multiple of this.
+        max_pixels: decompression-bomb guard for each image.
+    """
+
+    processor: Any
+    max_length: int | None = None
+    truncation: str = "text"
+    pad_to_multiple_of: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    stats: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"truncation must be one of {list(TRUNCATION_POLICIES)}, got {self.truncation!r}.")
+
+    # -- one sample ----------------------------------------------------------------------------------------------
+    def encode(self, example: dict[str, Any]) -> dict[str, Any] | None:
+        """Tokenize one row; `None` when the sample is skipped (counted in `stats`)."""
+        sample_id = example.get("id", "?")
+        where = f"sample {sample_id!r}"
+        images = [
+            load_image(image, f"{where} image {i}", self.max_pixels)
+            for i, image in enumerate(example.get("images") or [])
+        ]
+        messages = _with_images([_clean_message(message) for message in example["messages"]], images, where)
+        encoded = self.processor.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+        )
+        input_ids = encoded["input_ids"][0].tolist()
+        mask = [int(v) for v in encoded["assistant_masks"][0]]
+        answers = [m for m in messages if m["role"] == "assistant" and _has_text(m)]
+        spans = _runs(mask)
+        if answers and len(spans) != len(answers):
+            raise LabelError(
+                f"{where}: {len(answers)} assistant answer(s) but {len(spans)} supervised span(s) in the tokens; the "
+                "chat template must wrap each answer and its end token in {% generation %} ... {% endgeneration %}. "
+                "Refusing to train on a wrongly masked sample."
+            )
+        pixel_values = encoded.get("pixel_values")
+        image_token_id = self.processor.image_token_id
+        self.stats["samples"] += 1
+
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            if self.truncation == "skip":
+                self.stats["skipped: longer than max_length"] += 1
+                logger.debug("%s: %d tokens > max_length %d, skipped", where, len(input_ids), self.max_length)
+                return None
+            cut = self.max_length
+            image_runs = _runs([int(t == image_token_id) for t in input_ids])
+            # Images appear as one run each only when images are not adjacent; count them by length instead.
+            image_starts = _image_starts(image_runs, self.processor.image_seq_length)
+            for start in image_starts:
+                if start < cut < start + self.processor.image_seq_length:
+                    cut = start  # never cut through an image's tokens
+            kept_images = sum(1 for start in image_starts if start + self.processor.image_seq_length <= cut)
+            input_ids, mask = input_ids[:cut], mask[:cut]
+            if pixel_values is not None:
+                pixel_values = pixel_values[:kept_images]
+            if answers and not any(mask):
+                self.stats["skipped: no answer left after truncation"] += 1
+                return None
+            self.stats["truncated"] += 1
+
+        labels = [token if supervised else -100 for token, supervised in zip(input_ids, mask)]
+        return {"id": sample_id, "input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+
+    # -- a batch -------------------------------------------------------------------------------------------------
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = [e for e in (self.encode(example) for example in examples) if e is not None]
+        if not encoded:
+            raise ValueError(
+                f"every sample of this batch was skipped ({dict(self.stats)}); filter over-long samples before "
+                "training (`llava-hf data check --max-length`) or use truncation='text'."
+            )
+        length = max(len(e["input_ids"]) for e in encoded)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_id = self.processor.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has no pad token; set one (llava_hf.build_llava_from_pretrained does).")
+        input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            input_ids[row, :n] = torch.tensor(e["input_ids"])
+            labels[row, :n] = torch.tensor(e["labels"])
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        pixel_values = [torch.as_tensor(e["pixel_values"]) for e in encoded if e["pixel_values"] is not None]
+        pixel_values = [p for p in pixel_values if p.shape[0] > 0]
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values)
+        return batch
+
+    def report(self) -> str:
+        """One line: samples seen, truncated and skipped by reason."""
+        return ", ".join(f"{key}: {value}" for key, value in sorted(self.stats.items())) or "no samples"
+
+
+def _image_starts(runs: list[tuple[int, int]], image_seq_length: int) -> list[int]:
+    starts = []
+    for start, end in runs:
+        starts += list(range(start, end, image_seq_length))
+    return starts
+
+
+def _with_images(messages: list[dict], images: list, where: str) -> list[dict]:
+    """Put the loaded images into the image parts, in reading order (TRL's layout), checking the counts agree."""
+    slots = [
+        part
+        for message in messages
+        if not isinstance(message["content"], str)
+        for part in message["content"]
+        if part["type"] == "image"
+    ]
+    if len(slots) != len(images):
+        raise LabelError(
+            f"{where}: messages have {len(slots)} image part(s) but 'images' has {len(images)}; remove one or add an image."
+        )
+    for part, image in zip(slots, images):
+        part["image"] = image
+    return messages
+
+
+def _has_text(message: dict) -> bool:
+    content = message["content"]
+    if isinstance(content, str):
+        return bool(content)
+    return any(part.get("type") == "text" and part.get("text") for part in content)
+
+
+def _clean_message(message: dict) -> dict:
+    """Drop the `text: None` Arrow gives image parts, so templates and transformers see TRL's plain layout."""
+    content = message["content"]
+    if isinstance(content, str):
+        return {"role": message["role"], "content": content}
+    parts = []
+    for part in content:
+        parts.append({"type": "image"} if part["type"] == "image" else {"type": part["type"], "text": part["text"]})
+    return {"role": message["role"], "content": parts}
