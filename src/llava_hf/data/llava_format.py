@@ -270,21 +270,30 @@ def load_llava_dataset(
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}.')
     paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+    from datasets.exceptions import DatasetGenerationError
+
     report = ConversionReport()
-    dataset = Dataset.from_generator(
-        _rows,
-        gen_kwargs={
-            "paths": paths,
-            "image_root": None if image_root is None else str(image_root),
-            "on_error": on_error,
-            "stage": stage,
-            "report": report,
-        },
-        features=conversational_features(),
-        cache_dir=cache_dir,
-        # A fresh fingerprint: the generator must run (and fill `report`) every time, never hit a stale cache.
-        fingerprint=uuid.uuid4().hex,
-    )
+    try:
+        dataset = Dataset.from_generator(
+            _rows,
+            gen_kwargs={
+                "paths": paths,
+                "image_root": None if image_root is None else str(image_root),
+                "on_error": on_error,
+                "stage": stage,
+                "report": report,
+            },
+            features=conversational_features(),
+            cache_dir=cache_dir,
+            # A fresh fingerprint: the generator must run (and fill `report`) every time, never hit a stale cache.
+            fingerprint=uuid.uuid4().hex,
+        )
+    except DatasetGenerationError as error:
+        # Surface our own message (which names the record), not datasets' generic wrapper.
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, RecordError):
+            raise cause from None
+        raise
     if report.skipped:
         logger.warning("LLaVA conversion of %s: %s", ", ".join(paths), report.summary())
     else:
