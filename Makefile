@@ -24,7 +24,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests recipes bench
 
 test: setup lint
-	$(PY) -m pytest
+	LLAVA_HF_REQUIRE_E2E=1 $(PY) -m pytest
 
 test-slow: setup
 	$(PY) -m pytest -m slow

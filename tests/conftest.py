@@ -17,3 +17,21 @@ def tester():
     from tester import LlavaModelTester
 
     return LlavaModelTester()
+
+
+def require(module: str, import_it: bool = True):
+    """Import (or just find) `module`, else skip; under `make test` (LLAVA_HF_REQUIRE_E2E=1) a missing module
+    fails instead, so the end-to-end tests can never be skipped there by accident."""
+    import importlib
+    import importlib.util
+
+    try:
+        if not import_it:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(f"no module named {module!r}")
+            return None
+        return importlib.import_module(module)
+    except ImportError as error:
+        if os.environ.get("LLAVA_HF_REQUIRE_E2E") == "1":
+            pytest.fail(f"{module} is required for the end-to-end tests under make test: {error}", pytrace=False)
+        pytest.skip(f"{module} not installed", allow_module_level=True)

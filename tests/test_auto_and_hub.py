@@ -75,7 +75,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     pipe = pipeline("image-text-to-text", model=path, trust_remote_code=True)
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]}]
     answer = pipe(text=messages, max_new_tokens=3, generate_kwargs={"do_sample": False}, return_full_text=False)
-    assert "llava_hf" not in sys.modules
+    assert "llava_hf" not in sys.modules and sys.modules.get("timm") is None
     print(json.dumps({
         "config": type(config).__module__, "model": type(model).__module__, "processor": type(processor).__module__,
         "pipeline_model": type(pipe.model).__module__, "logits_sum": float(logits.sum()),
@@ -88,13 +88,21 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_remote_code_loads_without_llava_hf(checkpoint, tmp_path):
     script = tmp_path / "remote.py"
     script.write_text(REMOTE_SCRIPT)
+    # A CLIP-based checkpoint must not need timm: shadow it with a package that fails to import.
+    (tmp_path / "shadow" / "timm").mkdir(parents=True)
+    (tmp_path / "shadow" / "timm" / "__init__.py").write_text("raise ImportError('timm is not installed here')\n")
     result = subprocess.run(
         [sys.executable, str(script), str(checkpoint)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(tmp_path / "shadow"),
+        },
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

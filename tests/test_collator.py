@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tester import LlavaModelTester
 
 from llava_hf import LlavaProcessor, get_chat_template
 from llava_hf.data.collator import LabelError, LlavaDataCollator
+from tester import LlavaModelTester
 
 ANSWERS = ["A red cup.", "No, it is empty.", "Yes, twice."]
 
@@ -24,7 +24,10 @@ def _conversation(image_after=False, turns=3):
     questions = ["", "Is it full?", "Did you check?"]
     for index in range(turns):
         content = first if index == 0 else [{"type": "text", "text": questions[index]}]
-        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text", "text": ANSWERS[index]}]}]
+        messages += [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": [{"type": "text", "text": ANSWERS[index]}]},
+        ]
     return {"id": f"conv-{turns}-{image_after}", "images": [_image()], "messages": messages}
 
 
@@ -48,7 +51,9 @@ def _smollm2_processor(template="chatml"):
     return LlavaProcessor(
         image_processor=tester.get_processor().image_processor,
         tokenizer=tokenizer,
-        chat_template=get_chat_template(template, default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+        chat_template=get_chat_template(
+            template, default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        ),
         image_seq_length=16,
     )
 
@@ -96,7 +101,11 @@ def test_plain_supervises_caption_and_newline():
 
 def test_batch_padding_is_masked_and_text_only_rows_mix():
     processor = LlavaModelTester().get_processor()
-    text_only = {"id": "t", "images": [], "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    text_only = {
+        "id": "t",
+        "images": [],
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+    }
     batch = LlavaDataCollator(processor, pad_to_multiple_of=8)([_conversation(False, 3), text_only])
     assert batch["input_ids"].shape[1] % 8 == 0
     assert batch["pixel_values"].shape[0] == 1
@@ -109,7 +118,9 @@ def test_batch_padding_is_masked_and_text_only_rows_mix():
 
 def test_unlocatable_answers_are_an_error_naming_the_sample():
     processor = LlavaModelTester().get_processor()
-    processor.chat_template = processor.chat_template.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    processor.chat_template = processor.chat_template.replace("{%- generation -%}", "").replace(
+        "{%- endgeneration -%}", ""
+    )
     with pytest.raises(LabelError, match=r"sample 'conv-3-False': 3 assistant answer\(s\) but 0 supervised span"):
         LlavaDataCollator(processor)([_conversation(False, 3)])
 
@@ -154,7 +165,11 @@ def test_truncation_never_cuts_through_image_tokens():
 def test_skip_policy_counts_skips():
     processor = LlavaModelTester().get_processor()
     collator = LlavaDataCollator(processor, max_length=200, truncation="skip")
-    short = {"id": "s", "images": [], "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."}]}
+    short = {
+        "id": "s",
+        "images": [],
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."}],
+    }
     batch = collator([_long_two_image_sample(), short, _long_two_image_sample()])
     assert batch["input_ids"].shape[0] == 1
     assert collator.stats["skipped: longer than max_length"] == 2 and collator.stats["samples"] == 3

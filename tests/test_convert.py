@@ -219,3 +219,81 @@ def test_original_hub_id_vision_tower_needs_local_path(tmp_path):
         convert(tmp_path / "orig", tmp_path / "ours")
     convert(tmp_path / "orig", tmp_path / "ours", vision_tower=tmp_path / "clip")
     assert LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").config.vision_feature_layer == -2
+
+
+def test_converted_chat_template_gives_the_original_token_ids(tmp_path):
+    """apply_chat_template on a converted checkpoint = the original's tokenizer_image_token on its prompt:
+    one BOS, the first word's "▁" kept, the lone "▁" after the image; and the assistant mask still works."""
+    import sentencepiece as spm
+    from PIL import Image
+
+    from original_llava import make_clip_tower, make_original_checkpoint, tokenizer_image_token
+
+    make_clip_tower(tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip")
+    convert(tmp_path / "orig", tmp_path / "ours")
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "orig" / "tokenizer.model"))
+    image = Image.fromarray(torch.randint(0, 255, (8, 8, 3), dtype=torch.uint8).numpy())
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is in the image?"}],
+        }
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == PROMPT.replace("A chat", "<s>A chat")
+    ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ][0]
+    reference = tokenizer_image_token(sp, PROMPT)
+    pos = reference.index(-200)
+    image_id = processor.image_token_id
+    assert list(ids) == reference[:pos] + [image_id] * processor.image_seq_length + reference[pos + 1 :]
+
+    answered = messages + [{"role": "assistant", "content": [{"type": "text", "text": "A cat on a mat."}]}]
+    out = processor.apply_chat_template(answered, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    mask = torch.as_tensor(out["assistant_masks"][0]).bool()
+    assert processor.tokenizer.decode(torch.as_tensor(out["input_ids"][0])[mask]) == "A cat on a mat.</s>"
+
+
+def test_hf_llava_output_uses_transformers_own_key_layout(tmp_path):
+    LlavaModelTester().save(tmp_path / "ours")
+    convert(tmp_path / "ours", tmp_path / "hf", to="hf-llava")
+    keys = set(load_file(tmp_path / "hf" / "model.safetensors"))
+    reference = tmp_path / "reference"
+    HFLlava.from_pretrained(tmp_path / "hf").save_pretrained(reference)
+    assert keys == set(load_file(reference / "model.safetensors"))
+    assert any(k.startswith("language_model.model.") for k in keys)
+
+
+def test_original_with_bin_vision_tower(tmp_path):
+    """Full CLIP checkpoint (vision_model.*, text_model.*) as .bin, e.g. openai/clip-vit-large-patch14-336."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from original_llava import make_clip_tower, make_original_checkpoint
+
+    tower = make_clip_tower(tmp_path / "vision-only")
+    full = CLIPModel(
+        CLIPConfig(
+            vision_config=tower.config.to_dict(),
+            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
+            projection_dim=32,
+        )
+    )
+    full.vision_model.load_state_dict(tower.state_dict(), strict=False)
+    (tmp_path / "clip").mkdir()
+    full.config.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(
+        tmp_path / "clip"
+    )
+    state = {f"vision_model.{k}": v for k, v in tower.state_dict().items()}
+    state.update({f"text_model.{k}": v for k, v in full.text_model.state_dict().items()})
+    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(state, tmp_path / "clip" / "pytorch_model.bin")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", as_bin=True)
+    convert(tmp_path / "orig", tmp_path / "ours", allow_bin=True)
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours")
+    assert torch.equal(
+        model.model.vision_tower.embeddings.patch_embedding.weight, tower.embeddings.patch_embedding.weight
+    )

@@ -30,7 +30,10 @@ RECORDS = [
     {
         "id": "multi-4",
         "image": ["a.png", "b.png"],
-        "conversations": [{"from": "human", "value": "<image> vs <image>: which is bigger?"}, {"from": "gpt", "value": "The first."}],
+        "conversations": [
+            {"from": "human", "value": "<image> vs <image>: which is bigger?"},
+            {"from": "gpt", "value": "The first."},
+        ],
         "source": "custom",
     },
 ]
@@ -56,7 +59,11 @@ def test_round_trip_is_lossless(tmp_path, name):
     assert report.rows_read == report.rows_written == 4 and not report.skipped
     out = tmp_path / f"back{path.suffix}"
     assert write_llava_json(_text_columns(dataset), out) == 4
-    back = json.loads(out.read_text()) if name.endswith(".json") else [json.loads(line) for line in out.read_text().splitlines()]
+    back = (
+        json.loads(out.read_text())
+        if name.endswith(".json")
+        else [json.loads(line) for line in out.read_text().splitlines()]
+    )
     assert back == RECORDS
 
 
@@ -68,7 +75,10 @@ def test_trl_conversational_layout_keeps_image_position(tmp_path):
     after = rows[1]["messages"][0]["content"]
     assert [p["type"] for p in before] == ["image", "text"]
     assert [p["type"] for p in after] == ["text", "image"]
-    assert rows[0]["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": "A cry." if False else "A red cup."}]}
+    assert rows[0]["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "A cry." if False else "A red cup."}],
+    }
     assert rows[2]["image_files"] == [] and rows[3]["image_files"] == ["a.png", "b.png"]
     # Paths are recorded, never decoded: the image files do not even exist.
     paths = dataset.cast_column("images", dataset.features["images"].__class__(ImageFeature(decode=False)))["images"]
@@ -93,11 +103,25 @@ def test_stage1_plain_drops_the_instruction(tmp_path):
 @pytest.mark.parametrize(
     "record,message",
     [
-        ({"id": "a", "image": "x.jpg", "conversations": [{"from": "human", "value": "no placeholder"}, {"from": "gpt", "value": "x"}]},
-         r"row 1 \(id 'a'\): the conversations have 0 <image> placeholder\(s\) but 'image' has 1"),
-        ({"id": "b", "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "x"}]},
-         r"id 'b'\): the conversations have 2 <image> placeholder\(s\) but 'image' has 0; remove one or add an image"),
-        ({"id": "c", "conversations": [{"from": "robot", "value": "hi"}]}, r"id 'c'\): conversations\[0\] has from='robot'"),
+        (
+            {
+                "id": "a",
+                "image": "x.jpg",
+                "conversations": [{"from": "human", "value": "no placeholder"}, {"from": "gpt", "value": "x"}],
+            },
+            r"row 1 \(id 'a'\): the conversations have 0 <image> placeholder\(s\) but 'image' has 1",
+        ),
+        (
+            {
+                "id": "b",
+                "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "x"}],
+            },
+            r"id 'b'\): the conversations have 2 <image> placeholder\(s\) but 'image' has 0; remove one or add an image",
+        ),
+        (
+            {"id": "c", "conversations": [{"from": "robot", "value": "hi"}]},
+            r"id 'c'\): conversations\[0\] has from='robot'",
+        ),
         ({"id": "d", "conversations": []}, r"id 'd'\): 'conversations' is missing or empty"),
     ],
 )
@@ -108,7 +132,11 @@ def test_bad_records_name_the_record_and_problem(tmp_path, record, message):
 
 
 def test_skip_mode_counts_every_skip(tmp_path):
-    bad = {"id": "bad", "image": "x.jpg", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    bad = {
+        "id": "bad",
+        "image": "x.jpg",
+        "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+    }
     path = _write(tmp_path, [RECORDS[0], bad, RECORDS[2], bad])
     dataset, report = load_llava_dataset(path, on_error="skip")
     assert len(dataset) == 2

@@ -60,6 +60,14 @@ def test_image_tokens_without_pixel_values_raises():
         tester.get_model()(**inputs)
 
 
+def test_empty_pixel_values_with_image_tokens_raises():
+    tester = LlavaModelTester()
+    inputs = tester.prepare_inputs(batch_size=1)
+    inputs["pixel_values"] = inputs["pixel_values"][:0]
+    with pytest.raises(ValueError, match=r"tokens: 16, features: 0"):
+        tester.get_model()(**inputs)
+
+
 def test_loss_ignores_masked_labels():
     tester = LlavaModelTester()
     model = tester.get_model()

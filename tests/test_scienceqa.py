@@ -4,8 +4,8 @@ import json
 import re
 
 import pytest
-from external import external
 
+from external import external
 from llava_hf.cli import main
 from llava_hf.data.scienceqa import convert_scienceqa, format_cqm, scienceqa_to_llava
 
@@ -57,7 +57,10 @@ def test_cqm_a_format():
     records = scienceqa_to_llava(PROBLEMS, ["1", "2", "3"], "CQM-A")
     assert records[0]["image"] == "1/image.png"
     assert records[0]["conversations"] == [
-        {"from": "human", "value": "<image>\nWhich of these states is farthest north?\nA. West Virginia\nB. Louisiana\nC. Arizona\nD. Oklahoma"},
+        {
+            "from": "human",
+            "value": "<image>\nWhich of these states is farthest north?\nA. West Virginia\nB. Louisiana\nC. Arizona\nD. Oklahoma",
+        },
         {"from": "gpt", "value": "A"},
     ]
     assert "image" not in records[1]

@@ -30,13 +30,30 @@ def _convert_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allow-bin", action="store_true", help="read .bin weights with torch.load(weights_only=True)"
     )
+    parser.add_argument(
+        "--chat-template",
+        default="vicuna_v1",
+        help="conversation format for original LLaVA checkpoints: vicuna_v1 (default), plain, or a .jinja file",
+    )
     parser.set_defaults(func=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .convert import convert
 
-    layout = convert(args.src, args.dst, to=args.to, vision_tower=args.vision_tower, allow_bin=args.allow_bin)
+    template = args.chat_template
+    if template.endswith(".jinja"):
+        template = Path(template).read_text()
+    layout = convert(
+        args.src,
+        args.dst,
+        to=args.to,
+        vision_tower=args.vision_tower,
+        allow_bin=args.allow_bin,
+        chat_template=template,
+    )
     print(f"converted {args.src} ({layout}) -> {args.dst} ({args.to})")
     return 0
 

@@ -29,8 +29,12 @@ _TIMM = "timm_wrapper"
 @functools.lru_cache(maxsize=32)
 def _timm_geometry(architecture: str, model_args: tuple) -> tuple[int, int]:
     """`(num_features, reduction)` of a timm backbone's final feature map, read off a meta-device instance."""
-    import timm
     import torch
+
+    try:  # in a try block so that transformers' remote-code import check does not require timm for ViT models
+        import timm
+    except ImportError as error:
+        raise ImportError(f"vision tower {architecture!r} is a timm model: pip install timm") from error
 
     with torch.device("meta"):
         model = timm.create_model(architecture, pretrained=False, num_classes=0, **dict(model_args))

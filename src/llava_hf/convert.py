@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -28,7 +28,7 @@ from transformers import (
     LlamaTokenizer,
 )
 
-from .chat_templates import get_chat_template
+from .chat_templates import TEMPLATE_NAMES, get_chat_template
 from .configuration_llava import LlavaConfig, vision_tower_has_cls
 from .modeling_llava import LlavaForConditionalGeneration
 from .processing_llava import LlavaHfProcessor
@@ -236,11 +236,22 @@ def convert_llava_hf_to_hf_llava(src: Path, dst: Path) -> None:
         vision_feature_select_strategy=strategy,
         tie_word_embeddings=config.tie_word_embeddings,
     )
-    hf_config.architectures = ["LlavaForConditionalGeneration"]
-    dst.mkdir(parents=True, exist_ok=True)
-    hf_config.save_pretrained(dst)
+    # Load into transformers' own class (on the meta device, tensors assigned, no copy) and let it save: the
+    # files then have exactly the key layout transformers writes and every engine that reads it expects.
+    from transformers import LlavaForConditionalGeneration as HFLlava
+
+    with torch.device("meta"):
+        hf_model = HFLlava(hf_config)
     state = load_state_dict(src)
-    save_file({k: v.contiguous() for k, v in state.items()}, dst / "model.safetensors", metadata={"format": "pt"})
+    missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ConversionError(
+            f"{src}: keys do not fit transformers' Llava: missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
+    if config.tie_word_embeddings:
+        hf_model.tie_weights()
+    hf_model.save_pretrained(dst)
     if (src / "generation_config.json").is_file():
         (dst / "generation_config.json").write_text((src / "generation_config.json").read_text())
 
@@ -294,7 +305,11 @@ def _original_projector_type(config: dict) -> str:
 
 
 def convert_original_to_llava_hf(
-    src: Path, dst: Path, vision_tower: str | Path | None = None, allow_bin: bool = False
+    src: Path,
+    dst: Path,
+    vision_tower: str | Path | None = None,
+    allow_bin: bool = False,
+    chat_template: str = "vicuna_v1",
 ) -> None:
     raw = read_config(src)
     if raw.get("mm_use_im_start_end"):
@@ -330,7 +345,7 @@ def convert_original_to_llava_hf(
     state = load_state_dict(src, allow_bin=allow_bin)
     state = _rename(state, _ORIGINAL_RULES, drop=lambda k: k.endswith("rotary_emb.inv_freq"))
     if not any(k.startswith("model.vision_tower.") for k in state):
-        tower_state = load_state_dict(tower)
+        tower_state = load_state_dict(tower, allow_bin=allow_bin)
         # A full CLIP checkpoint (vision_model.*, text_model.*, ...) or a CLIPVisionModel (embeddings.*, encoder.*).
         vision_keys = {
             k: v
@@ -376,7 +391,7 @@ def convert_original_to_llava_hf(
     processor = LlavaHfProcessor(
         image_processor=AutoImageProcessor.from_pretrained(tower),
         tokenizer=tokenizer,
-        chat_template=get_chat_template("vicuna_v1"),
+        chat_template=get_chat_template(chat_template) if chat_template in TEMPLATE_NAMES else chat_template,
         image_seq_length=config.image_seq_length,
         image_aspect_ratio=aspect,
         split_text_at_images=True,  # reproduce the original's token ids exactly
@@ -409,8 +424,13 @@ def convert(
     to: str = "llava_hf",
     vision_tower: str | Path | None = None,
     allow_bin: bool = False,
+    chat_template: str = "vicuna_v1",
 ) -> str:
-    """Convert the checkpoint folder `src` into `dst` (`to`: `"llava_hf"` or `"hf-llava"`). Returns the source layout."""
+    """Convert the checkpoint folder `src` into `dst` (`to`: `"llava_hf"` or `"hf-llava"`). Returns the source layout.
+
+    `chat_template` applies to original LLaVA checkpoints, whose conversation format is not recorded in the
+    checkpoint: `"vicuna_v1"` (LLaVA v1 / v1.5), `"plain"` (stage-1 projector checkpoints), or a Jinja string.
+    """
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
         raise ConversionError(f"--to must be one of {list(TARGETS)}, got {to!r}.")
@@ -419,7 +439,9 @@ def convert(
         if layout == "hf-llava":
             convert_hf_llava_to_llava_hf(src, dst)
         elif layout == "original":
-            convert_original_to_llava_hf(src, dst, vision_tower=vision_tower, allow_bin=allow_bin)
+            convert_original_to_llava_hf(
+                src, dst, vision_tower=vision_tower, allow_bin=allow_bin, chat_template=chat_template
+            )
         else:
             raise ConversionError(f"{src} is already a llava_hf checkpoint.")
     else:

@@ -251,9 +251,13 @@ class LlavaModel(LlavaPreTrainedModel):
         if pixel_values is not None and pixel_values.shape[0] > 0:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        if pixel_values is None and input_ids is not None:
+        elif (
+            input_ids is not None
+            and (cache is None or cache.get_seq_length() == 0)  # decoding steps carry no images: skip the sync
+            and not torch.compiler.is_compiling()
+        ):
             n_image_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_image_tokens and (cache is None or cache.get_seq_length() == 0):
+            if n_image_tokens:
                 raise ValueError(
                     f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: 0 "
                     "(no pixel_values were passed)."

@@ -16,6 +16,9 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 def expand_to_square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
@@ -117,44 +120,135 @@ class LlavaHfProcessor(ProcessorMixin):
         return MultiModalData(**data)
 
     # -- text --------------------------------------------------------------------------------------------------------
-    def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> BatchFeature:
-        if not self.split_text_at_images or text is None:
-            return super().__call__(images=images, text=text, **kwargs)
-        return self._call_split_at_images(images=images, text=text, **kwargs)
+    def __call__(
+        self, images: Any = None, text: Any = None, videos: Any = None, audio: Any = None, **kwargs: Any
+    ) -> BatchFeature:
+        """Process `images` and tokenize `text`, expanding each `<image>` to `image_seq_length` tokens.
 
-    def _call_split_at_images(self, images: Any, text: Any, **kwargs: Any) -> BatchFeature:
-        """Original-LLaVA tokenization: each text chunk between images is tokenized on its own (see class doc)."""
+        Tokenization (`_tokenize`) is LLaVA's: a BOS the template wrote as text (`<s>...`) becomes the BOS token and
+        the first word keeps its leading `▁`, as when the original tokenized `"A chat ..."` with special tokens; with
+        `split_text_at_images`, the text between images is tokenized chunk by chunk. Keyword arguments:
+        `return_tensors`, `padding`, `padding_side`, `pad_to_multiple_of`, `add_special_tokens`,
+        `return_offsets_mapping` (offsets index the text as given, so assistant masks line up). Image-processor
+        keywords go to the image processor.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("LlavaProcessor takes images and text only; got videos or audio.")
+        if text is None or kwargs.get("sanitize_control_tokens"):
+            return super().__call__(images=images, text=text, **kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         return_tensors = kwargs.pop("return_tensors", None)
         padding = kwargs.pop("padding", False)
         padding_side = kwargs.pop("padding_side", None)
+        pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
+        add_special_tokens = kwargs.pop("add_special_tokens", True)
+        return_offsets = kwargs.pop("return_offsets_mapping", False)
+        if kwargs.pop("truncation", False) and kwargs.get("max_length"):
+            raise ValueError(
+                "LlavaProcessor does not truncate: a cut could fall inside an image's tokens. Use "
+                "llava_hf.data.LlavaDataCollator(max_length=...), which truncates text only and counts what it cuts."
+            )
+        images_kwargs = dict(kwargs.pop("images_kwargs", None) or {})
+        # Image-processor options may also come flat, as transformers' processors accept them.
+        valid = getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {})
+        for key in [k for k in kwargs if k in valid]:
+            images_kwargs[key] = kwargs.pop(key)
+        ignored = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_KWARGS)
+        if ignored:
+            logger.warning_once(f"LlavaProcessor ignores these arguments: {ignored}")
         self.validate_inputs(images=images, text=texts)
         data: dict[str, Any] = {}
         if images is not None:
-            processed, _ = self._process_images(images, return_tensors="pt")
+            processed, _ = self._process_images(images, return_tensors="pt", **images_kwargs)
             data.update(processed)
-        # BOS once at the start, exactly when the tokenizer itself adds one.
-        bos = self.tokenizer.bos_token_id
-        add_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
-        image_ids = [self.image_token_id] * self.image_seq_length
-        all_ids = []
-        for sample in texts:
-            ids: list[int] = [self.tokenizer.bos_token_id] if add_bos else []
-            for index, chunk in enumerate(sample.split(self.image_token)):
-                if index > 0:
-                    ids += image_ids
-                if chunk:
-                    ids += self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
-            all_ids.append(ids)
-        encoded = self.tokenizer.pad(
-            {"input_ids": all_ids}, padding=padding or (len(all_ids) > 1), padding_side=padding_side
+        encoded = [self._tokenize(sample, add_special_tokens) for sample in texts]
+        ids = [e[0] for e in encoded]
+        batch = self.tokenizer.pad(
+            {"input_ids": ids},
+            padding=padding or (len(ids) > 1 and return_tensors is not None),
+            padding_side=padding_side,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
-        data.update(encoded)
-        return BatchFeature(data, tensor_type=return_tensors)
+        data["input_ids"] = batch["input_ids"]
+        data["attention_mask"] = batch["attention_mask"]
+        if return_offsets:
+            offsets = []
+            for (sample_ids, sample_offsets), padded in zip(encoded, batch["input_ids"]):
+                pad = [(0, 0)] * (len(padded) - len(sample_ids))
+                left = (padding_side or self.tokenizer.padding_side) == "left"
+                offsets.append(pad + sample_offsets if left else sample_offsets + pad)
+            data["offset_mapping"] = offsets
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["offset_mapping"])
+
+    def _tokenize(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of one prompt with each `<image>` expanded, and each token's `(start, end)` in `text`."""
+        tokenizer = self.tokenizer
+        bos = tokenizer.bos_token
+        adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        position = 0
+        if adds_bos and bos and text.startswith(bos):
+            ids, offsets, position = [tokenizer.bos_token_id], [(0, len(bos))], len(bos)
+        elif adds_bos and add_special_tokens:
+            ids, offsets = [tokenizer.bos_token_id], [(0, 0)]
+        image_ids = [self.image_token_id] * self.image_seq_length
+
+        def encode(chunk: str, start: int) -> None:
+            if not chunk:
+                return
+            out = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            for token, (a, b) in zip(out["input_ids"], out["offset_mapping"]):
+                if token == self.image_token_id:
+                    ids.extend(image_ids)
+                    offsets.extend([(start + a, start + b)] * self.image_seq_length)
+                else:
+                    ids.append(token)
+                    offsets.append((start + a, start + b))
+
+        if not self.split_text_at_images:
+            encode(text[position:], position)
+            return ids, offsets
+        for index, chunk in enumerate(text[position:].split(self.image_token)):
+            if index:
+                ids.extend(image_ids)
+                offsets.extend([(position - len(self.image_token), position)] * self.image_seq_length)
+            encode(chunk, position)
+            position += len(chunk) + len(self.image_token)
+        return ids, offsets
 
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
+
+
+# Arguments transformers' pipelines and chat templates pass that have no effect here.
+_IGNORED_KWARGS = {
+    "max_length",
+    "return_text_replacement_offsets",
+    "return_mm_token_type_ids",
+    "processor_kwargs",
+    "text_kwargs",
+    "return_attention_mask",
+    "return_token_type_ids",
+    "verbose",
+    "do_sample_frames",
+    "return_metadata",
+}
+
+
+# Arguments transformers' pipelines and chat templates pass that have no effect here.
+_IGNORED_KWARGS = {
+    "max_length",
+    "return_text_replacement_offsets",
+    "return_mm_token_type_ids",
+    "processor_kwargs",
+    "text_kwargs",
+    "return_attention_mask",
+    "return_token_type_ids",
+    "verbose",
+    "return_metadata",
+}
 
 
 def _as_rgb_pil(image: Any) -> Image.Image:
