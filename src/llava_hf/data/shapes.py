@@ -167,14 +167,20 @@ def captions(scene: Scene) -> list[str]:
     return candidates[:5]
 
 
+def normalized_box(obj: Shape, scene: Scene) -> list[float]:
+    """`[x1, y1, x2, y2]` in 0-1, rounded to 3 decimals (the paper's context layout: `0.0`, `0.24`, `0.574`)."""
+    x1, y1, x2, y2 = obj.box
+    return [
+        round(x1 / scene.width, 3),
+        round(y1 / scene.height, 3),
+        round(x2 / scene.width, 3),
+        round(y2 / scene.height, 3),
+    ]
+
+
 def boxes_context(scene: Scene) -> str:
     """`category: [x1, y1, x2, y2]` lines, normalised to 0-1 with 3 decimals, as in the paper's symbolic context."""
-    lines = []
-    for obj in scene.objects:
-        x1, y1, x2, y2 = obj.box
-        coords = [x1 / scene.width, y1 / scene.height, x2 / scene.width, y2 / scene.height]
-        lines.append(f"{obj.name}: [{', '.join(f'{c:.3f}' for c in coords)}]")
-    return "\n".join(lines)
+    return "\n".join(f"{obj.name}: {normalized_box(obj, scene)}" for obj in scene.objects)
 
 
 def symbolic_context(scene: Scene, with_boxes: bool = True) -> str:
@@ -315,7 +321,8 @@ def build_shapes_world(
 ) -> dict[str, int]:
     """Write the world to `out_dir`; returns the count of each file's records.
 
-    Layout: `images/<id>.png`; `annotations/instances.json` and `annotations/captions.json` (COCO style);
+    Layout: `images/<id>.png`; `annotations/instances.json` and `annotations/captions.json` (COCO style) and
+    `annotations/caps_boxes.jsonl` (captions + normalised boxes per image, LLaVA-Bench's layout);
     `stage1.json` (caption pairs, train images), `instruct.json` (conversation / detail / complex, train images),
     `mcq_train.json` and `mcq_test.json` (CQM-A questions, split by image), all LLaVA records.
     """
@@ -331,7 +338,7 @@ def build_shapes_world(
         "categories": [{"id": i, "name": n} for n, i in categories.items()],
     }
     caption_annotations: list[dict] = []
-    stage1, instruct, mcq_train, mcq_test = [], [], [], []
+    stage1, instruct, mcq_train, mcq_test, caps_boxes = [], [], [], [], []
     for index, scene in enumerate(
         tqdm(
             scenes(seed, num_images, image_size, max_objects),
@@ -358,6 +365,14 @@ def build_shapes_world(
                 }
             )
         scene_captions = captions(scene)
+        caps_boxes.append(
+            {
+                "id": scene.image_id,
+                "image": file_name,
+                "captions": scene_captions,
+                "instances": [{"category": o.name, "bbox": normalized_box(o, scene)} for o in scene.objects],
+            }
+        )
         for caption in scene_captions:
             caption_annotations.append({"id": len(caption_annotations) + 1, "image_id": index, "caption": caption})
 
@@ -404,6 +419,8 @@ def build_shapes_world(
     instances_captions = {"images": instances["images"], "annotations": caption_annotations}
     (out / "annotations" / "instances.json").write_text(json.dumps(instances))
     (out / "annotations" / "captions.json").write_text(json.dumps(instances_captions))
+    # The symbolic context in the layout of LLaVA-Bench's caps_boxes file, for the instruction-data engine.
+    (out / "annotations" / "caps_boxes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in caps_boxes))
     files = {"stage1.json": stage1, "instruct.json": instruct, "mcq_train.json": mcq_train, "mcq_test.json": mcq_test}
     for name, records in files.items():
         (out / name).write_text(json.dumps(records, ensure_ascii=False))
