@@ -1,5 +1,7 @@
 """Data: LLaVA formats <-> datasets, images, the assistant-only collator, ScienceQA, the synthetic shapes world."""
 
+from .collator import LabelError, LlavaDataCollator
+from .images import ImageError, load_image
 from .llava_format import (
     ConversionReport,
     RecordError,
@@ -11,6 +13,10 @@ from .llava_format import (
 )
 
 __all__ = [
+    "ImageError",
+    "LabelError",
+    "LlavaDataCollator",
+    "load_image",
     "ConversionReport",
     "RecordError",
     "llava_record_to_row",
