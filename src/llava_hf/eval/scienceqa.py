@@ -1,0 +1,141 @@
+"""ScienceQA scoring with the official semantics, minus its random guess.
+
+A prediction is parsed, in this order, into an option letter:
+1. the bare letter (`"B"`);
+2. a `"X. "` prefix (`"B. apostrophe"`);
+3. `The answer is X.` found exactly once;
+4. anything else is `FAILED`.
+
+The official scorer then replaced FAILED (and letters beyond the problem's options) by a random option, which made
+its accuracy depend on a random seed. Here they are counted, reported and scored wrong.
+"""
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+OPTIONS = ("A", "B", "C", "D", "E")
+FAILED = "FAILED"
+# The official pattern: "The answer is " + one capital letter + any character.
+_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def parse_prediction(text: str, options: tuple[str, ...] = OPTIONS) -> str:
+    """The option letter a model's output names, or `FAILED` (see the module docstring for the order)."""
+    if text in options:
+        return text
+    if len(text) >= 3 and text[0] in options and text[1:3] == ". ":
+        return text[0]
+    found = _ANSWER_IS.findall(text)
+    if len(found) == 1:
+        return found[0]
+    return FAILED
+
+
+def num_options(question: str) -> int:
+    """Number of lettered options (`A. ...` lines) in a CQM-A question."""
+    count = 0
+    for letter in OPTIONS:
+        if f"\n{letter}. " in question:
+            count += 1
+        else:
+            break
+    return count
+
+
+def score_scienceqa(
+    predictions: dict[str, str],
+    questions: Iterable[dict[str, Any]],
+    problems: dict[str, dict] | None = None,
+) -> dict[str, Any]:
+    """Score `predictions` (question id -> model output) against LLaVA-format ScienceQA `questions`.
+
+    `questions` are LLaVA records (`id`, optional `image`, `conversations` whose gpt turn is the gold letter), as in
+    `llava_test_CQM-A.json`; records converted by llava-hf also carry `subject`, `context_modality` and `grade`.
+    `problems` (the official `problems.json`) adds those categories when the records lack them.
+
+    Returns accuracy overall and on the image subset, per category (subject NAT/SOC/LAN, context TXT/IMG/NO, grade
+    G1-6/G7-12) where known, the number of failed parses (scored wrong) and per-question `parsed` letters.
+    """
+    totals: Counter = Counter()
+    correct: Counter = Counter()
+    parsed: dict[str, str] = {}
+    failed, out_of_range, missing = [], [], []
+    for record in questions:
+        qid = str(record["id"])
+        gold = record["conversations"][1]["value"].strip()  # the gold letter of the question file
+        question = record["conversations"][0]["value"]
+        n_options = num_options(question) or len(OPTIONS)
+        if qid not in predictions:
+            missing.append(qid)
+            continue
+        letter = parse_prediction(predictions[qid], OPTIONS)  # unstripped, as the official scorer
+        parsed[qid] = letter
+        if letter == FAILED:
+            failed.append(qid)
+        elif OPTIONS.index(letter) >= n_options:
+            out_of_range.append(qid)
+        hit = letter == gold
+        groups = ["all"] + (["image"] if "image" in record else []) + _categories(qid, record, problems)
+        for group in groups:
+            totals[group] += 1
+            correct[group] += hit
+    if missing:
+        raise ValueError(
+            f"{len(missing)} question(s) have no prediction (first: {missing[:5]}); run inference on the whole set "
+            "or score the subset you answered."
+        )
+    accuracy = {group: 100.0 * correct[group] / totals[group] for group in totals}
+    return {
+        "accuracy": accuracy.get("all", 0.0),
+        "image_accuracy": accuracy.get("image", 0.0),
+        "count": totals["all"],
+        "correct": correct["all"],
+        "image_count": totals["image"],
+        "image_correct": correct["image"],
+        "categories": {
+            g: {"accuracy": accuracy[g], "count": totals[g]} for g in sorted(totals) if g not in ("all", "image")
+        },
+        "failed_parses": len(failed),
+        "failed_ids": failed,
+        "out_of_range": len(out_of_range),
+        "out_of_range_ids": out_of_range,
+        "parsed": parsed,
+    }
+
+
+_SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
+
+
+def _categories(qid: str, record: dict, problems: dict | None) -> list[str]:
+    source = record
+    if "subject" not in record and problems and qid in problems:
+        problem = problems[qid]
+        grade = int("".join(ch for ch in str(problem.get("grade", "")) if ch.isdigit()) or 0)
+        source = {
+            "subject": _SUBJECTS.get(problem.get("subject", ""), ""),
+            "context_modality": "IMG"
+            if problem.get("image")
+            else ("TXT" if (problem.get("hint") or "").strip() else "NO"),
+            "grade_band": "G1-6" if 1 <= grade <= 6 else ("G7-12" if grade >= 7 else ""),
+        }
+    groups = []
+    for key in ("subject", "context_modality", "grade_band"):
+        if source.get(key):
+            groups.append(source[key])
+    return groups
+
+
+def load_predictions(path: str | Path) -> dict[str, str]:
+    """Question id -> output text, from an answers JSONL (`question_id`, `text`) or an official result JSON."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {str(row["question_id"]): row["text"] for row in rows}
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "outputs" in data:
+        return {str(k): v for k, v in data["outputs"].items()}
+    raise ValueError(f"{path}: expected an answers .jsonl or a result JSON with 'outputs'.")
