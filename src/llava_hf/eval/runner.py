@@ -1,0 +1,199 @@
+"""Batched, resumable inference: a question set in, an answers JSONL in the original LLaVA layout out.
+
+Each answer line: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {generation settings}}`.
+Prompts come from the checkpoint's own chat template (the processor's); batches are left-padded. A rerun appends
+only the questions whose ids are not in the file yet, so a killed run resumes where it stopped.
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data.images import load_image
+from ..data.llava_format import _split_at_images, iter_llava_file
+
+logger = logging.getLogger(__name__)
+
+SCIENCEQA_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.2
+    top_p: float | None = None
+    num_beams: int = 1
+    seed: int = 0
+    batch_size: int = 8
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+        }
+        if self.do_sample:
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        return kwargs
+
+
+@dataclass
+class Question:
+    question_id: str
+    parts: list[dict[str, Any]]  # typed content of the user turn: {"type": "image"} / {"type": "text", "text"}
+    images: list[Any] = field(default_factory=list)  # paths or PIL images, in the order of the image parts
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return "".join(p["text"] if p["type"] == "text" else "<image>" for p in self.parts)
+
+
+def load_questions(source: str | Path | Iterable[dict], image_root: str | Path | None = None) -> list[Question]:
+    """Questions from a LLaVA JSON/JSONL file (or records): LLaVA conversations (the first human turn is asked, the
+    first gpt turn kept as `metadata["answer"]`), or LLaVA-Bench rows (`question_id`, `image`, `text`, `category`)."""
+    if isinstance(source, (str, Path)):
+        root = Path(image_root) if image_root is not None else Path(source).parent
+        records: Iterable[dict] = (record for _, record in iter_llava_file(source))
+    else:
+        root = Path(image_root) if image_root is not None else Path(".")
+        records = source
+    questions = []
+    for record in records:
+        images = record.get("image")
+        images = [] if images is None else [images] if isinstance(images, str) else list(images)
+        paths = [str(root / name) for name in images]
+        if "conversations" in record:
+            human = record["conversations"][0]["value"]
+            parts = _split_at_images(human)
+            extra = {k: v for k, v in record.items() if k not in ("id", "image", "conversations")}
+            if len(record["conversations"]) > 1:
+                extra["answer"] = record["conversations"][1]["value"]
+            questions.append(Question(str(record["id"]), parts, paths, extra))
+        else:  # LLaVA-Bench question rows: the image goes before the question, as in the original's eval prompts
+            parts = [{"type": "image"} for _ in paths] + [{"type": "text", "text": record["text"]}]
+            extra = {k: v for k, v in record.items() if k not in ("question_id", "image", "text")}
+            questions.append(Question(str(record["question_id"]), parts, paths, extra))
+    ids = [q.question_id for q in questions]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"question ids must be unique; repeated: {duplicates}")
+    return questions
+
+
+def answered_ids(answers_file: str | Path) -> set[str]:
+    path = Path(answers_file)
+    if not path.is_file():
+        return set()
+    ids = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            ids.add(str(json.loads(line)["question_id"]))
+        except (json.JSONDecodeError, KeyError):
+            # A line cut by a kill mid-write: it is dropped and its question asked again.
+            logger.warning("%s line %d is incomplete; that question will be answered again", path, number)
+    return ids
+
+
+def _blank_like(image: Image.Image) -> Image.Image:
+    return Image.new("RGB", image.size, (128, 128, 128))
+
+
+@torch.no_grad()
+def run_inference(
+    model: Any,
+    processor: Any,
+    questions: list[Question],
+    answers_file: str | Path,
+    settings: GenerationSettings | None = None,
+    model_id: str | None = None,
+    prompt_suffix: str = "",
+    blank_images: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Answer `questions` into `answers_file` (appending; ids already there are skipped).
+
+    `prompt_suffix` is appended to each question's text (LLaVA-1.5's ScienceQA prompt: `SCIENCEQA_SUFFIX`).
+    `blank_images=True` replaces every image by a grey one of the same size: the blind baseline.
+    """
+    from tqdm.auto import tqdm
+
+    settings = settings or GenerationSettings()
+    model_id = model_id or Path(str(getattr(model, "name_or_path", "") or "model")).name
+    answers_file = Path(answers_file)
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    done = answered_ids(answers_file)
+    todo = [q for q in questions if q.question_id not in done]
+    if done:
+        logger.info("%s: %d answered already, %d to go", answers_file, len(questions) - len(todo), len(todo))
+    _drop_partial_last_line(answers_file)
+    model.eval()
+    metadata = {**asdict(settings), "prompt_suffix": prompt_suffix, "blank_images": blank_images}
+    with (
+        answers_file.open("a", encoding="utf-8") as out,
+        tqdm(total=len(todo), desc="answering", disable=not progress) as bar,
+    ):
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start : start + settings.batch_size]
+            prompts, images = [], []
+            for question in batch:
+                parts = [dict(p) for p in question.parts]
+                if prompt_suffix:
+                    parts.append({"type": "text", "text": prompt_suffix})
+                messages = [{"role": "user", "content": parts}]
+                prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
+                for index, image in enumerate(question.images):
+                    loaded = load_image(image, f"question {question.question_id!r} image {index}")
+                    images.append(_blank_like(loaded) if blank_images else loaded)
+            inputs = processor(
+                images=images or None, text=prompts, padding=True, padding_side="left", return_tensors="pt"
+            ).to(model.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            if settings.do_sample:
+                torch.manual_seed(settings.seed + start)
+            generated = model.generate(**inputs, **settings.generate_kwargs())
+            texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for question, text in zip(batch, texts):
+                row = {
+                    "question_id": question.question_id,
+                    "prompt": question.prompt + prompt_suffix,
+                    "text": text.strip(),
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": model_id,
+                    "metadata": metadata,
+                }
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(batch))
+    return answers_file
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A kill during a write can leave half a line; cut it so the next answer starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def read_answers(answers_file: str | Path) -> dict[str, dict]:
+    rows = {}
+    for line in Path(answers_file).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[str(row["question_id"])] = row
+    return rows
