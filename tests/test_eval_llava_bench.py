@@ -1,0 +1,200 @@
+"""LLaVA-Bench: judge prompts, score parsing, retries over real HTTP on loopback, summaries."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from external import external
+from llava_hf.eval.llava_bench import (
+    OpenAIJudge,
+    TransformersJudge,
+    judge_messages,
+    parse_scores,
+    read_jsonl,
+    review,
+    summarize,
+    symbolic_context,
+)
+
+QUESTIONS = [
+    {"question_id": 0, "image": "a.jpg", "text": "What color is the bus?", "category": "conv"},
+    {"question_id": 1, "image": "a.jpg", "text": "Describe the image.", "category": "detail"},
+    {"question_id": 2, "image": "b.jpg", "text": "Why is the man running?", "category": "complex"},
+]
+CONTEXTS = [
+    {
+        "id": "a",
+        "image": "a.jpg",
+        "captions": ["A red bus on a street."],
+        "instances": [{"category": "bus", "bbox": [0.1, 0.2, 0.9, 0.8]}],
+    },
+    {"image": "b.jpg", "caption": "A man runs after a leaving train."},
+]
+REFERENCES = [{"question_id": i, "text": f"reference {i}", "answer_id": f"r{i}"} for i in range(3)]
+CANDIDATES = [{"question_id": i, "text": f"candidate {i}", "answer_id": f"c{i}"} for i in range(3)]
+
+
+def test_judge_sees_context_question_reference_then_candidate():
+    messages = judge_messages(symbolic_context(CONTEXTS[0]), "Q?", "REF", "CAND", "conv")
+    user = messages[1]["content"]
+    assert "A red bus on a street.\n\nbus: [0.1, 0.2, 0.9, 0.8]" in user
+    assert user.index("[Context]") < user.index("[Question]") < user.index("REF") < user.index("CAND")
+    assert symbolic_context(CONTEXTS[1]) == "A man runs after a leaving train."
+
+
+@pytest.mark.parametrize(
+    "reply,expected",
+    [("8 10\nbecause", (8.0, 10.0)), ("7.5, 9\n", (7.5, 9.0)), ("Scores: 8 and 9", None), ("11 3", None), ("", None)],
+)
+def test_parse_scores(reply, expected):
+    assert parse_scores(reply) == expected
+
+
+class ScriptedServer:
+    """An OpenAI-compatible /v1/chat/completions on loopback that plays a script of responses."""
+
+    def __init__(self, script):
+        self.script, self.requests = list(script), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                kind, payload = outer.script.pop(0) if outer.script else ("ok", "5 5\nfine")
+                if kind == "status":
+                    self.send_response(payload)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("retry-after-ms", "5")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "busy"}}')
+                    return
+                data = (
+                    b"{not json"
+                    if kind == "garbage"
+                    else json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": payload},
+                                }
+                            ],
+                        }
+                    ).encode()
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_judge_retries_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-from-env")
+    script = [
+        ("status", 429),
+        ("status", 500),
+        ("ok", "8 9\nclear answer"),  # q0: client retries 429 and 500
+        ("ok", "I liked both."),
+        ("ok", "7 6\nok"),  # q1: unparseable reply asked again
+        ("garbage", None),
+        ("ok", "no"),
+        ("ok", "still no"),  # q2: broken body, then two unreadable replies
+    ]
+    with ScriptedServer(script) as base_url:
+        judge = OpenAIJudge("judge-model", base_url=base_url, api_key_env="JUDGE_KEY", max_retries=3)
+        report = review(judge, QUESTIONS, CONTEXTS, REFERENCES, CANDIDATES, tmp_path / "reviews.jsonl", progress=False)
+    rows = read_jsonl(tmp_path / "reviews.jsonl")
+    assert [r["tuple"] for r in rows] == [[8.0, 9.0], [7.0, 6.0], [-1.0, -1.0]]
+    assert [r["category"] for r in rows] == ["llava_bench_conv", "llava_bench_detail", "llava_bench_complex"]
+    assert "error" in rows[2] and report.unparseable == 1 and report.unparseable_ids == ["2"]
+    assert summarize(rows)["excluded_unparseable"] == 1
+    assert summarize(rows)["all"]["relative_score"] == pytest.approx(100 * (9 + 6) / (8 + 7))
+
+    # A rerun skips what is reviewed: nothing is asked twice, nothing duplicated.
+    with ScriptedServer([]) as base_url:
+        again = review(
+            OpenAIJudge("judge-model", base_url=base_url),
+            QUESTIONS,
+            CONTEXTS,
+            REFERENCES,
+            CANDIDATES,
+            tmp_path / "reviews.jsonl",
+            progress=False,
+        )
+    assert again.skipped_existing == 3 and len(read_jsonl(tmp_path / "reviews.jsonl")) == 3
+
+
+def test_key_comes_from_the_environment_and_is_sent(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-from-env")
+    seen = {}
+    with ScriptedServer([("ok", "6 6\n")]) as base_url:
+        judge = OpenAIJudge("m", base_url=base_url, api_key_env="JUDGE_KEY")
+        seen["client_key"] = judge.client.api_key
+        review(judge, QUESTIONS[:1], CONTEXTS, REFERENCES, CANDIDATES, tmp_path / "r.jsonl", progress=False)
+    assert seen["client_key"] == "secret-from-env"
+    assert "secret-from-env" not in (tmp_path / "r.jsonl").read_text()
+
+
+def test_local_transformers_judge(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tester import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=160,
+        )
+    ).eval()
+    judge = TransformersJudge(model, tokenizer, max_new_tokens=4)
+    report = review(
+        judge, QUESTIONS[:1], CONTEXTS, REFERENCES, CANDIDATES, tmp_path / "r.jsonl", attempts=2, progress=False
+    )
+    # A random model writes no scores: the review is kept, marked and counted, never dropped.
+    assert report.reviewed == 1 and report.unparseable == 1
+    assert read_jsonl(tmp_path / "r.jsonl")[0]["tuple"] == [-1.0, -1.0]
+
+
+def test_official_reviews_summarize_to_their_own_tuples():
+    rows = read_jsonl(external("llava-bench-wild", "reviews_llava-v1.5-13b-eval1.jsonl"))
+    assert all(parse_scores(r["content"]) == tuple(r["tuple"]) for r in rows)  # our parser reads GPT-4's replies
+    summary = summarize(rows)
+    for category in ("conv", "detail", "complex"):
+        pairs = [r["tuple"] for r in rows if r["category"] == f"llava_bench_{category}"]
+        expected = 100 * sum(p[1] for p in pairs) / sum(p[0] for p in pairs)
+        assert summary[category]["relative_score"] == pytest.approx(expected)
+        assert summary[category]["count"] == len(pairs)
+    everything = [r["tuple"] for r in rows]
+    assert summary["all"]["relative_score"] == pytest.approx(
+        100 * sum(p[1] for p in everything) / sum(p[0] for p in everything)
+    )
+    assert summary["all"]["count"] == 60
