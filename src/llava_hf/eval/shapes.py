@@ -1,0 +1,49 @@
+"""Held-out multiple-choice accuracy on the shapes world, and the same model's blind baseline (blank images)."""
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .runner import SCIENCEQA_SUFFIX, GenerationSettings, load_questions, read_answers, run_inference
+from .scienceqa import parse_prediction, score_scienceqa
+
+
+def score_by_kind(predictions: dict[str, str], records: list[dict]) -> dict[str, float]:
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        letter = parse_prediction(predictions[str(record["id"])])
+        hits[record.get("kind", "all")].append(letter == record["answer"])
+    return {kind: 100.0 * sum(v) / len(v) for kind, v in sorted(hits.items())}
+
+
+def evaluate_shapes(
+    model: Any,
+    processor: Any,
+    world: str | Path,
+    output_dir: str | Path,
+    settings: GenerationSettings | None = None,
+    model_id: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Answer `mcq_test.json` with the images and again with blank images; score both with the ScienceQA scorer.
+
+    Returns accuracy, the blind accuracy, the gap (how much the model uses the image), per-kind accuracies and
+    failed parses of both runs.
+    """
+    world, output_dir = Path(world), Path(output_dir)
+    settings = settings or GenerationSettings(max_new_tokens=8)
+    records = json.loads((world / "mcq_test.json").read_text())
+    questions = load_questions(world / "mcq_test.json", world / "images")
+    metrics: dict[str, Any] = {}
+    for label, blank in (("", False), ("blind_", True)):
+        answers = output_dir / f"answers{'_blind' if blank else ''}.jsonl"
+        run_inference(model, processor, questions, answers, settings, model_id, SCIENCEQA_SUFFIX, blank, progress)
+        predictions = {qid: row["text"] for qid, row in read_answers(answers).items()}
+        scored = score_scienceqa(predictions, records)
+        metrics[f"{label}accuracy"] = scored["accuracy"]
+        metrics[f"{label}failed_parses"] = scored["failed_parses"]
+        metrics[f"{label}by_kind"] = score_by_kind(predictions, records)
+    metrics["gap"] = metrics["accuracy"] - metrics["blind_accuracy"]
+    metrics["count"] = len(records)
+    return metrics
