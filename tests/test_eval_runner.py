@@ -97,3 +97,21 @@ def test_llava_records_as_questions(tmp_path):
     (question,) = load_questions(tmp_path / "q.json")
     assert question.question_id == "7" and question.metadata == {"subject": "NAT", "answer": "B"}
     assert [p["type"] for p in question.parts] == ["image", "text"] and question.images[0].endswith("a.png")
+
+
+def test_a_dataset_as_questions(tmp_path):
+    from llava_hf.data import load_llava_dataset
+
+    records = [
+        {
+            "id": "q1",
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "Q?\n<image>"}, {"from": "gpt", "value": "A"}],
+            "kind": "color",
+        }
+    ]
+    (tmp_path / "q.json").write_text(json.dumps(records))
+    dataset, _ = load_llava_dataset(tmp_path / "q.json")
+    (question,) = load_questions(dataset.select_columns(["id", "image_files", "messages", "metadata"]), tmp_path)
+    assert question.question_id == "q1" and question.prompt == "Q?\n<image>"
+    assert question.metadata == {"kind": "color", "answer": "A"} and question.images == [str(tmp_path / "a.png")]

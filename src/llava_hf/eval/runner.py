@@ -60,8 +60,9 @@ class Question:
 
 
 def load_questions(source: str | Path | Iterable[dict], image_root: str | Path | None = None) -> list[Question]:
-    """Questions from a LLaVA JSON/JSONL file (or records): LLaVA conversations (the first human turn is asked, the
-    first gpt turn kept as `metadata["answer"]`), or LLaVA-Bench rows (`question_id`, `image`, `text`, `category`)."""
+    """Questions from a LLaVA JSON/JSONL file, records, or a dataset from `load_llava_dataset`: the first human turn
+    is asked and the first gpt turn kept as `metadata["answer"]`; LLaVA-Bench rows (`question_id`, `image`, `text`,
+    `category`) work too. For a dataset, pass `image_root` (images are read from its `image_files`)."""
     if isinstance(source, (str, Path)):
         root = Path(image_root) if image_root is not None else Path(source).parent
         records: Iterable[dict] = (record for _, record in iter_llava_file(source))
@@ -73,6 +74,18 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
         images = record.get("image")
         images = [] if images is None else [images] if isinstance(images, str) else list(images)
         paths = [str(root / name) for name in images]
+        if "messages" in record:  # a row of llava_hf.data.load_llava_dataset (TRL's conversational layout)
+            user = next(m for m in record["messages"] if m["role"] == "user")
+            answer = next((m for m in record["messages"] if m["role"] == "assistant"), None)
+            parts = [
+                {"type": p["type"], **({"text": p["text"]} if p["type"] == "text" else {})} for p in user["content"]
+            ]
+            files = record.get("image_files") or []
+            extra = json.loads(record.get("metadata") or "{}")
+            if answer is not None:
+                extra["answer"] = "".join(p.get("text") or "" for p in answer["content"])
+            questions.append(Question(str(record["id"]), parts, [str(root / f) for f in files], extra))
+            continue
         if "conversations" in record:
             human = record["conversations"][0]["value"]
             parts = _split_at_images(human)
