@@ -237,20 +237,6 @@ _IGNORED_KWARGS = {
 }
 
 
-# Arguments transformers' pipelines and chat templates pass that have no effect here.
-_IGNORED_KWARGS = {
-    "max_length",
-    "return_text_replacement_offsets",
-    "return_mm_token_type_ids",
-    "processor_kwargs",
-    "text_kwargs",
-    "return_attention_mask",
-    "return_token_type_ids",
-    "verbose",
-    "return_metadata",
-}
-
-
 def _as_rgb_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
