@@ -162,6 +162,13 @@ class LlavaModel(LlavaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
+    def train(self, mode: bool = True) -> "LlavaModel":
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.vision_tower.parameters()):
+            # A frozen tower stays in eval mode: no dropout, and no batch-norm statistics drifting (timm CNNs).
+            self.vision_tower.eval()
+        return self
+
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """Run the vision tower and the projector.
 

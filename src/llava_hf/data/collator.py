@@ -52,6 +52,8 @@ class LlavaDataCollator:
             the cut would fall inside them); `"skip"` drops them. Both are counted in `stats`.
         pad_to_multiple_of: pad the batch length up to a multiple of this.
         max_pixels: decompression-bomb guard for each image.
+        chat_template: a Jinja template used instead of the processor's (e.g. `plain` for stage 1, while the
+            checkpoint keeps its chat template for inference).
     """
 
     processor: Any
@@ -59,6 +61,7 @@ class LlavaDataCollator:
     truncation: str = "text"
     pad_to_multiple_of: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    chat_template: str | None = None  # overrides the processor's (stage 1 trains with `plain`)
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -76,7 +79,12 @@ class LlavaDataCollator:
         ]
         messages = _with_images([_clean_message(message) for message in example["messages"]], images, where)
         encoded = self.processor.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+            messages,
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            return_tensors="pt",
         )
         input_ids = encoded["input_ids"][0].tolist()
         mask = [int(v) for v in encoded["assistant_masks"][0]]

@@ -1,0 +1,82 @@
+# /// script
+# dependencies = ["llava-hf[train]"]
+# ///
+"""LLaVA's two-stage recipe with TRL's SFTTrainer.
+
+Stage 1 (feature alignment, only the projector trains) and stage 2 (instruction tuning, projector + LM, fully or
+with LoRA) differ only in their YAML. Examples:
+
+    # the offline quickstart's stages, on 2 CPU cores
+    accelerate launch --config_file recipes/accelerate/single.yaml recipes/sft.py --config recipes/offline/stage1.yaml
+    accelerate launch --config_file recipes/accelerate/single.yaml recipes/sft.py --config recipes/offline/stage2.yaml
+
+    # LLaVA-1.5-7B on 8 GPUs (ZeRO-3)
+    accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage1.yaml
+    accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage2.yaml
+
+Any YAML value can be overridden on the command line (`--learning_rate 1e-4`).
+"""
+
+from trl import SFTConfig, TrlParser
+
+from llava_hf.training import LlavaDataArguments, LlavaModelArguments
+
+
+def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, training_args: SFTConfig) -> None:
+    from llava_hf.chat_templates import get_chat_template
+    from llava_hf.data import LlavaDataCollator, load_llava_dataset
+    from llava_hf.training import load_model_for_stage, make_trainer_class, save_stage_output, validate_recipe
+
+    validate_recipe(model_args, data_args)
+
+    # Model: stage 1 builds vision encoder + fresh projector + LM; stage 2 loads the stage-1 checkpoint.
+    model, processor = load_model_for_stage(model_args)
+
+    # Dataset: LLaVA JSON -> TRL's conversational format (stage 1 keeps the caption only: `plain`).
+    stage = "plain" if model_args.stage == "1" else "chat"
+    dataset, report = load_llava_dataset(
+        data_args.train_files,
+        data_args.image_root,
+        stage=stage,
+        on_error="skip" if data_args.skip_bad_records else "raise",
+    )
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    # Images are opened by the collator (errors name the sample), not decoded by datasets.
+    dataset = dataset.cast_column("images", dataset.features["images"].__class__(_image_feature(decode=False)))
+    collator = LlavaDataCollator(
+        processor,
+        max_length=training_args.max_length,
+        truncation=data_args.truncation,
+        chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
+    )
+
+    # Training: TRL's SFTTrainer with the assistant-only collator; no dataset preparation, columns kept.
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {"skip_prepare_dataset": True}
+    trainer = make_trainer_class()(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=collator,
+        projector_lr=model_args.projector_lr,
+        has_image=[bool(files) for files in dataset["image_files"]] if data_args.group_by_modality_length else None,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print(f"data: {report.summary()}; collator: {collator.report()}")
+    save_stage_output(trainer, model_args, data_args, processor)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+def _image_feature(decode: bool):
+    from datasets import Image
+
+    return Image(decode=decode)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((LlavaModelArguments, LlavaDataArguments, SFTConfig))
+    model_args, data_args, training_args = parser.parse_args_and_config()
+    main(model_args, data_args, training_args)
