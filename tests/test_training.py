@@ -302,6 +302,8 @@ def test_ddp_two_processes_match_one(workspace, stage1):
         train_files=[str(workspace / "world" / "mcq_train.json")],
         max_steps=3,
         learning_rate=1e-3,
+        # One seeded sample order for both runs (llava-hf's sampler), so each global batch holds the same samples.
+        group_by_modality_length=True,
     )
     _launch(_recipe(workspace, "one", per_device_train_batch_size=4, **common))
     _launch(_recipe(workspace, "two", per_device_train_batch_size=2, **common), num_processes=2)
@@ -310,7 +312,9 @@ def test_ddp_two_processes_match_one(workspace, stage1):
         log = json.loads((workspace / name / "llava_hf_training.json").read_text())["log_history"]
         losses.append([row["loss"] for row in log if "loss" in row])
     assert len(losses[0]) == len(losses[1]) == 3
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)
+    # Same samples, same global batch: the losses agree to ~3e-4 relative (per-process padding changes the float
+    # summation order); a different global batch or a per-device loss mean would be off by far more.
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
 
 
 @pytest.mark.parametrize(
