@@ -6,7 +6,7 @@
 4. print both and the wall time;
 5. load the checkpoint with AutoModelForImageTextToText and answer a question about a new image.
 
-    python recipes/quickstart.py [--num-images 600 --stage1-steps 12 --stage2-steps 48]
+    python recipes/quickstart.py [--num-images 400 --stage1-steps 16 --stage2-steps 32 --batch-size 8]
 """
 
 import argparse
@@ -28,10 +28,11 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/quickstart")
-    parser.add_argument("--num-images", type=int, default=600)
-    parser.add_argument("--stage1-steps", type=int, default=12)
-    parser.add_argument("--stage2-steps", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-images", type=int, default=400)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--stage1-steps", type=int, default=16)
+    parser.add_argument("--stage2-steps", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -47,7 +48,10 @@ def main() -> None:
     except ImportError:
         pass
 
-    run([str(bin_dir / "llava-hf"), "data", "shapes", str(shapes), "--num-images", str(args.num_images), "--seed", "0"])
+    run(
+        [str(bin_dir / "llava-hf"), "data", "shapes", str(shapes), "--num-images", str(args.num_images), "--seed", "0"]
+        + ["--test-fraction", str(args.test_fraction)]
+    )
     common = ["--image_root", str(shapes / "images"), "--per_device_train_batch_size", str(args.batch_size)]
     run(
         accelerate
@@ -81,18 +85,37 @@ def main() -> None:
     question = questions(scene)[0]
     options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(question["choices"]))
     text = f"{question['question']}\n{options}\nAnswer with the option's letter from the given choices directly."
-    messages = [{"role": "user", "content": [{"type": "image", "image": render(scene)}, {"type": "text", "text": text}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    answer = processor.decode(model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": render(scene)}, {"type": "text", "text": text}]}
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    answer = processor.decode(
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :],
+        skip_special_tokens=True,
+    )
 
     print("\n" + "=" * 72)
-    print(f"held-out accuracy: {metrics['accuracy']:.1f}% on {metrics['count']} questions (per kind: {_fmt(metrics['by_kind'])})")
-    print(f"blind baseline (grey images): {metrics['blind_accuracy']:.1f}%  -> the image is worth {metrics['gap']:+.1f} points")
+    print(
+        f"held-out accuracy: {metrics['accuracy']:.1f}% on {metrics['count']} questions (per kind: {_fmt(metrics['by_kind'])})"
+    )
+    print(
+        f"blind baseline (grey images): {metrics['blind_accuracy']:.1f}%  -> the image is worth {metrics['gap']:+.1f} points"
+    )
     print(f"wall time: {minutes:.1f} min on {os.cpu_count()} CPU core(s)")
-    print(f"new image: {question['question']} -> {answer!r} (truth: {chr(65 + question['answer'])}. {question['choices'][question['answer']]})")
+    print(
+        f"new image: {question['question']} -> {answer!r} (truth: {chr(65 + question['answer'])}. {question['choices'][question['answer']]})"
+    )
     print(f"checkpoint: {stage2.resolve()} (AutoModelForImageTextToText / pipeline('image-text-to-text'))")
-    summary = {"accuracy": metrics["accuracy"], "blind_accuracy": metrics["blind_accuracy"], "minutes": round(minutes, 1)}
-    (out / "quickstart.json").write_text(json.dumps(summary | {"by_kind": metrics["by_kind"], "args": vars(args)}, indent=1))
+    summary = {
+        "accuracy": metrics["accuracy"],
+        "blind_accuracy": metrics["blind_accuracy"],
+        "minutes": round(minutes, 1),
+    }
+    (out / "quickstart.json").write_text(
+        json.dumps(summary | {"by_kind": metrics["by_kind"], "args": vars(args)}, indent=1)
+    )
 
 
 def _fmt(by_kind: dict) -> str:
