@@ -61,24 +61,15 @@ def _recipe(workspace: Path, name: str, **overrides) -> Path:
     return path
 
 
+def _command(config: Path, *extra: str, num_processes: int = 1) -> list[str]:
+    """`accelerate launch ... recipes/sft.py --config CONFIG`, on the CPU (gloo when num_processes > 1)."""
+    launch = [ACCELERATE, "launch", "--num_processes", str(num_processes), "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    return launch + [str(ROOT / "recipes" / "sft.py"), "--config", str(config), *extra]
+
+
 def _launch(config: Path, *extra: str, num_processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    command = [
-        ACCELERATE,
-        "launch",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--cpu",
-        str(ROOT / "recipes" / "sft.py"),
-        "--config",
-        str(config),
-        *extra,
-    ]
+    command = _command(config, *extra, num_processes=num_processes)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     if check:
@@ -248,7 +239,7 @@ def test_resume_after_sigkill_gives_the_same_weights(workspace, stage1):
         vision_model=None,
         language_model=None,
         train_files=[str(workspace / "world" / "mcq_train.json")],
-        max_steps=6,
+        max_steps=12,
         save_strategy="steps",
         save_steps=2,
         learning_rate=1e-3,
@@ -256,22 +247,7 @@ def test_resume_after_sigkill_gives_the_same_weights(workspace, stage1):
     )
     _launch(_recipe(workspace, "straight", **common))
     killed = _recipe(workspace, "killed", **common)
-    command = [
-        ACCELERATE,
-        "launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--cpu",
-        str(ROOT / "recipes" / "sft.py"),
-        "--config",
-        str(killed),
-    ]
+    command = _command(killed)
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -280,14 +256,17 @@ def test_resume_after_sigkill_gives_the_same_weights(workspace, stage1):
         start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    marker = workspace / "killed" / "checkpoint-4" / "trainer_state.json"
+    # Kill right after the first checkpoint (trainer_state.json is the last file a checkpoint writes): ten more
+    # steps remain, so the run cannot finish first.
+    checkpoint = workspace / "killed" / "checkpoint-2"
+    marker = checkpoint / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # SIGKILL: no cleanup, no final save
     process.wait()
     assert marker.exists() and not (workspace / "killed" / "model.safetensors").exists()
-    _launch(killed, "--resume_from_checkpoint", str(workspace / "killed" / "checkpoint-4"))
+    _launch(killed, "--resume_from_checkpoint", str(checkpoint))
     straight, resumed = _weights(workspace / "straight"), _weights(workspace / "killed")
     for key in straight:
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
