@@ -180,11 +180,21 @@ class LlavaHfProcessor(ProcessorMixin):
             data["offset_mapping"] = offsets
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["offset_mapping"])
 
+    def _tokenizer_adds_bos(self) -> bool:
+        """Whether the tokenizer puts BOS first by itself; probed once per tokenizer, not once per prompt."""
+        tokenizer = self.tokenizer
+        cached = getattr(self, "_adds_bos_cache", None)
+        if cached is None or cached[0] is not tokenizer:
+            bos = tokenizer.bos_token_id
+            cached = (tokenizer, bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
+            self._adds_bos_cache = cached
+        return cached[1]
+
     def _tokenize(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of one prompt with each `<image>` expanded, and each token's `(start, end)` in `text`."""
         tokenizer = self.tokenizer
         bos = tokenizer.bos_token
-        adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        adds_bos = self._tokenizer_adds_bos()
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         position = 0

@@ -296,16 +296,14 @@ def save_stage_output(
     """
     output_dir = Path(trainer.args.output_dir)
     model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # a PEFT model
+    is_peft = hasattr(model, "merge_and_unload")
+    if is_peft:
         model.save_pretrained(output_dir / "adapter")
         if model_args.merge_lora:
             model = model.merge_and_unload()
-    unwrapped = trainer.accelerator.unwrap_model(model) if hasattr(trainer, "accelerator") else model
     if trainer.is_world_process_zero():
-        if hasattr(unwrapped, "merge_and_unload") and not model_args.merge_lora:
-            pass  # adapter only
-        else:
-            unwrapped.save_pretrained(output_dir, safe_serialization=True)
+        if not (is_peft and not model_args.merge_lora):  # an unmerged LoRA run keeps only its adapter
+            trainer.accelerator.unwrap_model(model).save_pretrained(output_dir, safe_serialization=True)
         processor.save_pretrained(output_dir)
         config = {
             "stage": model_args.stage,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .collator import clean_message
 from .images import DEFAULT_MAX_PIXELS, image_problem
 from .llava_format import RecordError, _reason, _where, iter_llava_file, llava_record_to_row
 
@@ -67,15 +68,7 @@ def _turn_problems(row: dict, where: str, report: CheckReport) -> None:
 
 
 def _token_length(processor: Any, row: dict) -> int:
-    messages = [
-        {
-            "role": m["role"],
-            "content": [
-                {"type": p["type"], **({"text": p["text"]} if p["type"] == "text" else {})} for p in m["content"]
-            ],
-        }
-        for m in row["messages"]
-    ]
+    messages = [clean_message(m) for m in row["messages"]]
     text = processor.apply_chat_template(messages, tokenize=False)
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     return len(ids) + len(row["image_files"]) * (processor.image_seq_length - 1)

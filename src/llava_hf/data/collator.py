@@ -77,7 +77,7 @@ class LlavaDataCollator:
             load_image(image, f"{where} image {i}", self.max_pixels)
             for i, image in enumerate(example.get("images") or [])
         ]
-        messages = _with_images([_clean_message(message) for message in example["messages"]], images, where)
+        messages = _with_images([clean_message(message) for message in example["messages"]], images, where)
         encoded = self.processor.apply_chat_template(
             messages,
             chat_template=self.chat_template,
@@ -190,7 +190,7 @@ def _has_text(message: dict) -> bool:
     return any(part.get("type") == "text" and part.get("text") for part in content)
 
 
-def _clean_message(message: dict) -> dict:
+def clean_message(message: dict) -> dict:
     """Drop the `text: None` Arrow gives image parts, so templates and transformers see TRL's plain layout."""
     content = message["content"]
     if isinstance(content, str):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.collator import clean_message
 from ..data.images import load_image
 from ..data.llava_format import _split_at_images, iter_llava_file
 
@@ -77,9 +78,7 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
         if "messages" in record:  # a row of llava_hf.data.load_llava_dataset (TRL's conversational layout)
             user = next(m for m in record["messages"] if m["role"] == "user")
             answer = next((m for m in record["messages"] if m["role"] == "assistant"), None)
-            parts = [
-                {"type": p["type"], **({"text": p["text"]} if p["type"] == "text" else {})} for p in user["content"]
-            ]
+            parts = clean_message(user)["content"]
             files = record.get("image_files") or []
             extra = json.loads(record.get("metadata") or "{}")
             if answer is not None:

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data.scienceqa import problem_metadata
+
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
 # The official pattern: "The answer is " + one capital letter + any character.
@@ -107,21 +109,11 @@ def score_scienceqa(
     }
 
 
-_SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
-
-
 def _categories(qid: str, record: dict, problems: dict | None) -> list[str]:
+    # Records converted by llava-hf carry the categories; otherwise take them from the official problems.json.
     source = record
     if "subject" not in record and problems and qid in problems:
-        problem = problems[qid]
-        grade = int("".join(ch for ch in str(problem.get("grade", "")) if ch.isdigit()) or 0)
-        source = {
-            "subject": _SUBJECTS.get(problem.get("subject", ""), ""),
-            "context_modality": "IMG"
-            if problem.get("image")
-            else ("TXT" if (problem.get("hint") or "").strip() else "NO"),
-            "grade_band": "G1-6" if 1 <= grade <= 6 else ("G7-12" if grade >= 7 else ""),
-        }
+        source = problem_metadata(qid, problems[qid])
     groups = []
     for key in ("subject", "context_modality", "grade_band"):
         if source.get(key):
