@@ -6,7 +6,7 @@
 4. print both and the wall time;
 5. load the checkpoint with AutoModelForImageTextToText and answer a question about a new image.
 
-    python recipes/quickstart.py [--num-images 400 --stage1-steps 16 --stage2-steps 32 --batch-size 8]
+    python recipes/quickstart.py [--num-images 400 --stage1-steps 48 --stage2-steps 24 --batch-size 8]
 """
 
 import argparse
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs/quickstart")
     parser.add_argument("--num-images", type=int, default=400)
     parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--stage1-steps", type=int, default=16)
-    parser.add_argument("--stage2-steps", type=int, default=32)
+    parser.add_argument("--stage1-steps", type=int, default=48)
+    parser.add_argument("--stage2-steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
@@ -62,7 +62,7 @@ def main() -> None:
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage2.yaml", "--model_name_or_path", str(stage1)]
-        + ["--train_files", str(shapes / "mcq_train.json"), str(shapes / "instruct.json")]
+        + ["--train_files", str(shapes / "mcq_train.json")]
         + common
         + ["--output_dir", str(stage2), "--max_steps", str(args.stage2_steps)]
     )

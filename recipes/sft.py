@@ -14,8 +14,11 @@ with LoRA) differ only in their YAML. Examples:
     accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage1.yaml
     accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage2.yaml
 
-Any YAML value can be overridden on the command line (`--learning_rate 1e-4`).
+Any YAML value can be overridden on the command line (`--learning_rate 1e-4`). With `push_to_hub: true` the finished
+checkpoint is pushed with its model card (`llava-hf push`) to `hub_model_id` (default: the output folder's name).
 """
+
+from pathlib import Path
 
 from trl import SFTConfig, TrlParser
 
@@ -54,6 +57,8 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     # Training: TRL's SFTTrainer with the assistant-only collator; no dataset preparation, columns kept.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {"skip_prepare_dataset": True}
+    # One push at the end, with llava-hf's model card (the Trainer's own push would upload its generic card).
+    push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = make_trainer_class()(
         model=model,
         args=training_args,
@@ -66,8 +71,17 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print(f"data: {report.summary()}; collator: {collator.report()}")
     save_stage_output(trainer, model_args, data_args, processor)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push and trainer.is_world_process_zero():
+        from llava_hf.hub import push_model
+
+        result = push_model(
+            training_args.output_dir,
+            training_args.hub_model_id or Path(training_args.output_dir).name,
+            private=bool(training_args.hub_private_repo),
+            branch=training_args.hub_revision,
+            commit_message=f"llava-hf stage {model_args.stage}: {Path(training_args.output_dir).name}",
+        )
+        trainer.accelerator.print(f"pushed to {result.url}: {result.commit_url}")
 
 
 def _image_feature(decode: bool):

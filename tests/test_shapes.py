@@ -18,6 +18,7 @@ from llava_hf.data.shapes import (
     render,
     symbolic_context,
 )
+from llava_hf.eval.runner import SCIENCEQA_SUFFIX
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,20 @@ def test_derived_files_load_and_split_by_image(world):
         assert report.rows_written == counts[name] and not report.skipped
     dataset, _ = load_llava_dataset(out / "stage1.json", image_root=out / "images", stage="plain")
     assert dataset[0]["images"][0].size == (224, 224)  # real, decodable files
+
+
+def test_stage1_captions_name_every_shape_and_mcq_prompts_match_the_evaluation(world):
+    out, _ = world
+    scenes_by_file = {f"{generate_scene(7, i).image_id}.png": generate_scene(7, i) for i in range(60)}
+    for record in json.loads((out / "stage1.json").read_text()):
+        caption = record["conversations"][1]["value"]
+        for obj in scenes_by_file[record["image"]].objects:
+            assert f"{obj.size} {obj.color} {obj.shape}" in caption, (caption, obj)
+    # Training questions carry the letter instruction; test questions get it from the runner at inference.
+    train = json.loads((out / "mcq_train.json").read_text())
+    test = json.loads((out / "mcq_test.json").read_text())
+    assert all(r["conversations"][0]["value"].endswith(SCIENCEQA_SUFFIX) for r in train)
+    assert not any(SCIENCEQA_SUFFIX in r["conversations"][0]["value"] for r in test)
 
 
 def test_cli(tmp_path, capsys):

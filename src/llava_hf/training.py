@@ -313,9 +313,29 @@ def save_stage_output(
             "train_runtime_s": getattr(trainer.state, "train_runtime", None),
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
+            # For the model card's recipe table (llava_hf.hub.cards): what the run ran on.
+            "hardware": describe_hardware(trainer.args),
         }
         (output_dir / "llava_hf_training.json").write_text(json.dumps(config, indent=1, default=str))
     return output_dir
+
+
+def describe_hardware(args: Any) -> dict[str, Any]:
+    """The device kind and name and the number of processes of a run (`args`: its TrainingArguments)."""
+    import platform
+
+    device = args.device.type
+    if device == "cuda":
+        name = torch.cuda.get_device_name(args.device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:  # the CPU's model name, where Linux tells it
+            with open("/proc/cpuinfo") as cpuinfo:
+                name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        name = f"{name} (CPU, {torch.get_num_threads()} threads)"
+    return {"device": device, "device_name": name, "num_processes": args.world_size, "torch": torch.__version__}
 
 
 def _jsonable(value: Any) -> Any:

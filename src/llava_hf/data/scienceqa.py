@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 LETTERS = "ABCDE"
+# LLaVA-1.5's instruction for multiple-choice questions (its ScienceQA evaluation prompt and its A-OKVQA training rows).
+LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 FORMATS = ("CQM-A", "QCM-LEA", "QCM-A")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .scienceqa import LETTERS, format_cqm
+from .scienceqa import LETTER_PROMPT, LETTERS, format_cqm
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -165,6 +165,16 @@ def captions(scene: Scene) -> list[str]:
     ]
     rng.shuffle(candidates)
     return candidates[:5]
+
+
+def full_caption(scene: Scene) -> str:
+    """One caption naming every shape with its size, colour and place: the stage-1 target.
+
+    Stage 1 aligns the projector through what the captions say; a caption that only counts the shapes ("Two shapes
+    drawn on a plain canvas.") teaches nothing about colour or form, so the stage-1 pairs use this one.
+    """
+    parts = [f"{_a(o.size + ' ' + o.name)} {_region(o, scene)}" for o in scene.objects]
+    return f"{_list(parts).capitalize()}."
 
 
 def normalized_box(obj: Shape, scene: Scene) -> list[float]:
@@ -381,7 +391,7 @@ def build_shapes_world(
         if not test:
             stage1.append(
                 _record(
-                    f"{scene.image_id}-cap", file_name, [(rng.choice(CAPTION_INSTRUCTIONS), scene_captions[0])], rng
+                    f"{scene.image_id}-cap", file_name, [(rng.choice(CAPTION_INSTRUCTIONS), full_caption(scene))], rng
                 )
             )
             instruct.append({**_record(f"{scene.image_id}-conv", file_name, conversation(scene), rng), "type": "conv"})
@@ -400,13 +410,16 @@ def build_shapes_world(
                 {**_record(f"{scene.image_id}-complex", file_name, [complex_reasoning(scene)], rng), "type": "complex"}
             )
         for number, question in enumerate(questions(scene)):
+            prompt = format_cqm(question["question"], "", question["choices"], has_image=True)
             record = {
                 "id": f"{scene.image_id}-q{number}",
                 "image": file_name,
                 "conversations": [
                     {
                         "from": "human",
-                        "value": format_cqm(question["question"], "", question["choices"], has_image=True),
+                        # Training questions carry LLaVA-1.5's letter instruction, which the evaluation runner
+                        # appends to the test questions at inference (so those stay bare here).
+                        "value": prompt if test else prompt + LETTER_PROMPT,
                     },
                     {"from": "gpt", "value": LETTERS[question["answer"]]},
                 ],

@@ -19,10 +19,11 @@ from PIL import Image
 from ..data.collator import clean_message
 from ..data.images import load_image
 from ..data.llava_format import _split_at_images, iter_llava_file
+from ..data.scienceqa import LETTER_PROMPT
 
 logger = logging.getLogger(__name__)
 
-SCIENCEQA_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+SCIENCEQA_SUFFIX = LETTER_PROMPT
 
 
 @dataclass

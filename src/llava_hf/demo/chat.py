@@ -1,0 +1,215 @@
+"""The chat engine behind `llava-hf demo`, the Space and `llava-hf chat`: input limits and streamed generation.
+
+Nothing here imports gradio: the web app and the terminal chat are thin layers over `ChatModel.stream`.
+"""
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """A user input over a limit or unreadable; the message is shown to the user as it is."""
+
+
+@dataclass
+class Limits:
+    """What the demo accepts. LLaVA sees images at a few hundred pixels: anything larger only costs memory."""
+
+    max_image_megabytes: float = 10.0
+    max_image_megapixels: float = 16.0
+    max_text_chars: int = 2000
+    max_images: int = 4
+    max_new_tokens: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Limits":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown limits {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**data)
+
+
+@dataclass
+class GenerationSettings:
+    """The demo's generation settings (the web app shows them as sliders)."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.2
+    top_p: float = 0.9
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, limits: Limits) -> None:
+        if not 1 <= self.max_new_tokens <= limits.max_new_tokens:
+            raise InputError(
+                f"max new tokens must be between 1 and {limits.max_new_tokens}, got {self.max_new_tokens}."
+            )
+        if self.do_sample and not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
+            raise InputError(
+                f"sampling needs 0 < temperature <= 5 and 0 < top_p <= 1, got {self.temperature} and {self.top_p}."
+            )
+
+
+def check_text(text: str | None, limits: Limits) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InputError("Type a question (the message is empty).")
+    if len(text) > limits.max_text_chars:
+        raise InputError(
+            f"The message is {len(text):,} characters long; the limit is {limits.max_text_chars:,}. Shorten it."
+        )
+    return text
+
+
+def open_image(path: str | Path, limits: Limits) -> Image.Image:
+    """Check the file size, then the pixel count from the header (before decoding), then decode to RGB."""
+    from ..data.images import ImageError, load_image
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The image {path.name} was not found; upload (or name) it again.")
+    megabytes = path.stat().st_size / 1e6
+    if megabytes > limits.max_image_megabytes:
+        raise InputError(
+            f"The image {path.name} is {megabytes:.1f} MB; the limit is {limits.max_image_megabytes:g} MB. "
+            "Upload a smaller file."
+        )
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"{path.name} is not an image this demo can read ({error}).") from error
+    megapixels = width * height / 1e6
+    if megapixels > limits.max_image_megapixels:
+        raise InputError(
+            f"The image {path.name} is {width}x{height} ({megapixels:.1f} megapixels); the limit is "
+            f"{limits.max_image_megapixels:g} megapixels. Resize it."
+        )
+    try:
+        return load_image(path, where=path.name, max_pixels=int(limits.max_image_megapixels * 1e6))
+    except ImageError as error:
+        raise InputError(str(error)) from error
+
+
+class TokenIdStreamer:
+    """A `generate(streamer=...)` target that hands the new token ids to another thread through a queue (the first
+    `put` is the prompt and is skipped, as transformers' streamers do)."""
+
+    _END = None
+
+    def __init__(self) -> None:
+        import queue
+
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(self._END)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while (item := self.queue.get()) is not self._END:
+            yield item
+
+
+class ChatModel:
+    """A llava_hf model + processor that streams answers to a conversation.
+
+    `messages` use the processor's chat format: `{"role": "user" | "assistant", "content": [{"type": "image"} |
+    {"type": "text", "text": ...}]}`, with one PIL image in `images` per `{"type": "image"}` item, in order.
+    """
+
+    def __init__(self, model: Any, processor: Any, name: str = "model"):
+        self.model, self.processor, self.name = model.eval(), processor, name
+        # One generation at a time: the model is shared by every session of the web app.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str | None = None, dtype: str = "auto") -> "ChatModel":
+        """Load a checkpoint folder or Hub id; llava_hf's classes are registered, so no remote code runs."""
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        import llava_hf  # noqa: F401  (registers the Auto classes)
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype).to(device)
+        return cls(model, AutoProcessor.from_pretrained(path), name=str(path))
+
+    def inputs(self, messages: list[dict[str, Any]], images: list[Image.Image]):
+        if sum(1 for m in messages for c in m["content"] if c["type"] == "image") != len(images):
+            raise InputError("internal: the image placeholders and the images differ in number.")
+        inputs = self.processor.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            images=images or None,
+            return_tensors="pt",
+        )
+        return inputs.to(self.model.device)
+
+    def stream(
+        self, messages: list[dict[str, Any]], images: list[Image.Image], settings: GenerationSettings
+    ) -> Iterator[str]:
+        """Yield the answer so far each time it grows: generation runs in a thread and hands over token ids.
+
+        The answer is decoded from all its ids at each step (not piece by piece, as `TextIteratorStreamer` does), so
+        the streamed text always equals `processor.decode(new_ids, skip_special_tokens=True)`: SentencePiece
+        tokenizers drop the space of a `▁word` that starts a piece, which piecewise decoding gets wrong.
+        """
+        inputs = self.inputs(messages, images)
+        streamer = TokenIdStreamer()
+        kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample}
+        if settings.do_sample:
+            kwargs |= {"temperature": settings.temperature, "top_p": settings.top_p}
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                self.model.generate(**inputs, **kwargs, streamer=streamer)
+            except BaseException as error:  # re-raised in the caller's thread below
+                failure.append(error)
+                streamer.end()  # unblock the consumer
+
+        with self._lock:
+            thread = threading.Thread(target=generate, daemon=True)
+            thread.start()
+            ids: list[int] = []
+            answer = ""
+            for new_ids in streamer:
+                ids += new_ids
+                text = self.processor.tokenizer.decode(ids, skip_special_tokens=True)
+                # "\ufffd": a multi-byte character split across tokens; wait for the rest.
+                if text != answer and not text.endswith("\ufffd"):
+                    answer = text
+                    yield answer
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    def answer(self, messages: list[dict[str, Any]], images: list[Image.Image], settings: GenerationSettings) -> str:
+        final = ""
+        for final in self.stream(messages, images, settings):  # noqa: B007  (the last value is the answer)
+            pass
+        return final

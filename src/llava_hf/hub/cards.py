@@ -1,0 +1,664 @@
+"""Model, dataset and Space cards, rendered from the Jinja templates in `templates/` (see `model_cards/`).
+
+Everything a card says comes from files: the checkpoint's `config.json` and safetensors headers (architecture and
+parameter counts), `llava_hf_training.json` written by `recipes/sft.py` (the recipe table; a stage-2 record points to
+its stage-1 folder, whose record is read too), and `llava-hf eval` results files (the evaluation table and the
+`model-index` metadata). The front matter is a dict dumped with `yaml.safe_dump`, then parsed back with
+`huggingface_hub`'s `ModelCard` / `DatasetCard` / `SpaceCard`, so a card that would not validate never leaves here.
+"""
+
+import json
+import logging
+import re
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+TRAINING_RECORD = "llava_hf_training.json"
+# What `vision_model: offline-default` stands for, as Hub ids (see `llava_hf.backbones`).
+OFFLINE_DEFAULT_BASES = ["timm/tf_efficientnet_lite0.in1k", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+MODEL_TAGS = ["llava", "llava_hf", "image-text-to-text", "vision-language", "custom_code"]
+DATASET_TAGS = ["llava", "llava_hf", "visual-instruction-tuning"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CardError(ValueError):
+    """A card that cannot be written or would not validate; the message names the field."""
+
+
+# -- rendering ------------------------------------------------------------------------------------------------------
+def _environment(template_dir: Path):
+    import jinja2
+
+    def to_yaml(data: dict[str, Any]) -> str:
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000).strip()
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,  # a missing context key is a bug, never an empty cell
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters["to_yaml"] = to_yaml
+    return environment
+
+
+def render_template(name: str, context: dict[str, Any], template: str | Path | None = None) -> str:
+    """Render `templates/<name>` (or a user's template file) with `context`."""
+    if template is not None:
+        path = Path(template)
+        if not path.is_file():
+            raise CardError(f"card template {path} not found.")
+        return _environment(path.parent).get_template(path.name).render(**context)
+    return _environment(TEMPLATES).get_template(name).render(**context)
+
+
+def validate_card(content: str, repo_type: str = "model"):
+    """Parse a card with huggingface_hub's card class for `repo_type` (strict metadata parsing) and check the keys
+    the Hub needs; returns the card. Raises `CardError` naming the problem."""
+    from huggingface_hub import DatasetCard, ModelCard, SpaceCard
+
+    card_class = {"model": ModelCard, "dataset": DatasetCard, "space": SpaceCard}[repo_type]
+    try:
+        card = card_class(content, ignore_metadata_errors=False)
+    except Exception as error:  # yaml errors, model-index parse errors
+        raise CardError(f"the {repo_type} card's metadata does not parse: {error}") from error
+    data = card.data.to_dict()
+    required = {
+        "model": ["pipeline_tag", "library_name", "license", "tags"],
+        "dataset": ["license", "configs", "task_categories"],
+        "space": ["sdk", "app_file", "models", "title"],
+    }[repo_type]
+    missing = [key for key in required if not data.get(key)]
+    if missing:
+        raise CardError(f"the {repo_type} card's metadata lacks {', '.join(missing)}.")
+    if repo_type == "model" and data.get("model-index") is not None and not card.data.eval_results:
+        raise CardError("the model card's model-index has no results the Hub can read.")
+    return card
+
+
+def _cell(value: Any) -> str:
+    """A Markdown table cell: pipes escaped, newlines folded."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def is_hub_id(name: str | None) -> bool:
+    """`namespace/name` that is not an existing local path."""
+    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+# -- the checkpoint -------------------------------------------------------------------------------------------------
+def load_training_history(model_dir: str | Path, max_depth: int = 8) -> list[dict[str, Any]]:
+    """The training records of a checkpoint and of the checkpoints it started from, oldest stage first.
+
+    A stage-2 record names its starting point in `model_args.model_name_or_path`; when that is a local folder with
+    its own record, that record is read too (up to `max_depth` links).
+    """
+    history, folder, seen = [], Path(model_dir), set()
+    while folder is not None and len(history) < max_depth:
+        path = folder / TRAINING_RECORD
+        if not path.is_file() or path.resolve() in seen:
+            break
+        seen.add(path.resolve())
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise CardError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from error
+        history.append(record)
+        parent = (record.get("model_args") or {}).get("model_name_or_path")
+        folder = Path(parent) if parent and Path(parent).is_dir() else None
+    return history[::-1]
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CardError(f"{model_dir} has no config.json: not a saved checkpoint.")
+    config = json.loads(path.read_text())
+    if config.get("model_type") != "llava_hf":
+        raise CardError(
+            f"{path}: model_type is {config.get('model_type')!r}, not 'llava_hf'; convert it first (llava-hf convert)."
+        )
+    return config
+
+
+def _safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Tensor shapes from the safetensors headers (8-byte length + JSON): no weight is read."""
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    files = [model_dir / f for f in files] or sorted(model_dir.glob("*.safetensors"))
+    shapes = {}
+    for file in files:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def _count(shapes: dict[str, list[int]], part: str) -> int:
+    total = 0
+    for name, shape in shapes.items():
+        if part in name:
+            size = 1
+            for dim in shape:
+                size *= dim
+            total += size
+    return total
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count:,}"
+
+
+def _chat_template_name(model_dir: Path) -> str:
+    from ..chat_templates import TEMPLATE_NAMES, get_chat_template
+
+    path = model_dir / "chat_template.jinja"
+    if not path.is_file():
+        return "none saved (pass the prompt format yourself)"
+    text = path.read_text()
+    for name in TEMPLATE_NAMES:
+        if get_chat_template(name).strip() == text.strip():
+            return f"`{name}` (llava-hf)"
+    return "custom (`chat_template.jinja`)"
+
+
+def describe_architecture(model_dir: str | Path) -> dict[str, Any]:
+    """The architecture table's cells, from config.json and the safetensors headers."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    if vision.get("model_type") == "timm_wrapper":
+        vision_text = f"timm `{vision.get('architecture', '?')}` (`TimmWrapperModel`), final feature grid as tokens"
+    else:
+        vision_text = (
+            f"`{vision.get('model_type', '?')}`: {vision.get('num_hidden_layers', '?')} layers, hidden "
+            f"{vision.get('hidden_size', '?')}, {vision.get('image_size', '?')} px, patch {vision.get('patch_size', '?')}"
+        )
+    if vision.get("_name_or_path"):
+        vision_text += f", from `{vision['_name_or_path']}`"
+    language_text = (
+        f"`{text.get('model_type', '?')}`: {text.get('num_hidden_layers', '?')} layers, hidden "
+        f"{text.get('hidden_size', '?')}, vocabulary {text.get('vocab_size', '?')}"
+    )
+    if text.get("_name_or_path"):
+        language_text += f", from `{text['_name_or_path']}`"
+    shapes = _safetensors_shapes(model_dir)
+    first = shapes.get("model.multi_modal_projector.linear_1.weight")
+    dims = f"{first[1]} -> {first[0]}" if first else f"-> {text.get('hidden_size', '?')}"
+    projector_type = config.get("projector_type", "?")
+    layers = "Linear -> GELU -> Linear" if projector_type == "mlp2x_gelu" else "one Linear"
+    aspect = config.get("image_aspect_ratio", "?")
+    preprocessing = {
+        "pad": "`pad`: padded to a square with the mean colour, then resized (LLaVA-1.5)",
+        "square": "`square`: the image processor's own resize and crop (LLaVA v1)",
+    }.get(aspect, f"`{aspect}`")
+    parameters = ""
+    if shapes:
+        parts = {
+            "vision tower": _count(shapes, "vision_tower"),
+            "projector": _count(shapes, "multi_modal_projector"),
+            "LM": _count(shapes, "language_model") + _count(shapes, "lm_head"),
+        }
+        parameters = f"{_millions(sum(parts.values()))} total: " + ", ".join(
+            f"{name} {_millions(count)}" for name, count in parts.items()
+        )
+    return {
+        "vision": _cell(vision_text),
+        "projector": _cell(f"`{projector_type}` ({layers}), {dims}"),
+        "language": _cell(language_text),
+        "image_tokens": _cell(
+            f"{config.get('image_seq_length', '?')} per image, `<image>` (id {config.get('image_token_id', '?')})"
+        ),
+        "preprocessing": _cell(preprocessing),
+        "chat_template": _cell(_chat_template_name(model_dir)),
+        "parameters": _cell(parameters),
+        "feature_layer": config.get("vision_feature_layer", "?"),
+        "select_strategy": config.get("vision_feature_select_strategy", "?"),
+        "image_size": vision.get("image_size"),
+        "image_seq_length": config.get("image_seq_length"),
+    }
+
+
+# -- the recipe table -----------------------------------------------------------------------------------------------
+def _display_path(value: str | None) -> str:
+    """Hub ids as they are; local paths as their last two parts (absolute paths say nothing on the Hub)."""
+    if not value:
+        return "-"
+    if is_hub_id(value):
+        return f"`{value}`"
+    parts = Path(value).parts
+    return f"`{'/'.join(parts[-2:])}` (local)"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def _final_loss(log_history: list[dict[str, Any]]) -> str:
+    for entry in reversed(log_history or []):
+        if "train_loss" in entry:
+            return f"{entry['train_loss']:.4g} (mean)"
+    for entry in reversed(log_history or []):
+        if "loss" in entry:
+            return f"{entry['loss']:.4g} (last logged)"
+    return "not recorded"
+
+
+def _logged(record: dict[str, Any], key: str) -> Any:
+    """The last value of `key` in the run's log history (the Trainer logs `train_runtime` once, at the end)."""
+    for entry in reversed(record.get("log_history") or []):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def _hardware(record: dict[str, Any]) -> tuple[str, int | None]:
+    hardware = record.get("hardware")
+    if not hardware:
+        return "not recorded", None
+    processes = hardware.get("num_processes")
+    name = hardware.get("device_name") or hardware.get("device", "?")
+    return f"{processes} x {name}" if processes else str(name), processes
+
+
+def _stage_column(record: dict[str, Any]) -> dict[str, str]:
+    model_args = record.get("model_args") or {}
+    data_args = record.get("data_args") or {}
+    args = record.get("training_args") or {}
+    stage = str(record.get("stage", model_args.get("stage", "?")))
+    if stage == "1":
+        if model_args.get("vision_model") == "offline-default":
+            start = "offline default: EfficientNet-Lite0 + SmolLM2-135M-Instruct"
+        else:
+            start = (
+                f"{_display_path(model_args.get('vision_model'))} + {_display_path(model_args.get('language_model'))}"
+            )
+        trains = "projector"
+        chat_format = "`plain` (image + caption)"
+    else:
+        start = _display_path(model_args.get("model_name_or_path"))
+        if model_args.get("use_lora"):
+            trains = (
+                f"LoRA r {model_args.get('lora_r')}, alpha {model_args.get('lora_alpha')} on the LM's linear layers"
+                f" + projector (full){', merged' if model_args.get('merge_lora', True) else ''}"
+            )
+        else:
+            trains = "projector + LM (full)"
+        chat_format = f"`{model_args.get('chat_template', '?')}`"
+    files = [Path(f).name for f in data_args.get("train_files") or []]
+    data = ", ".join(f"`{f}`" for f in files) or "-"
+    if data_args.get("max_train_samples"):
+        data += f" (first {data_args['max_train_samples']} samples)"
+    hardware, processes = _hardware(record)
+    per_device, accumulation = args.get("per_device_train_batch_size"), args.get("gradient_accumulation_steps", 1)
+    if per_device is not None and processes:
+        batch = f"{per_device * accumulation * processes} ({per_device} x {accumulation} accumulation x {processes})"
+    else:
+        batch = f"{per_device} per device x {accumulation} accumulation"
+    max_steps, done = args.get("max_steps", -1), record.get("global_step", "?")
+    if max_steps and max_steps > 0:
+        length = f"{done} of {max_steps} optimizer steps"
+    else:
+        length = f"{args.get('num_train_epochs', '?')} epoch(s), {done} optimizer steps"
+    learning_rate = f"{args.get('learning_rate')}"
+    if model_args.get("projector_lr") is not None:
+        learning_rate += f" (projector {model_args['projector_lr']})"
+    warmup = args.get("warmup_ratio") or args.get("warmup_steps") or 0
+    warmup_text = f"{float(warmup) * 100:g}% warmup" if 0 < float(warmup) < 1 else f"{warmup} warmup steps"
+    precision = "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "fp32"
+    return {
+        "starting point": start,
+        "trains": trains + " (vision tower frozen)",
+        "data": data,
+        "prompt format": chat_format,
+        "projector": f"`{model_args.get('projector_type', '?')}`",
+        "length": length,
+        "learning rate": learning_rate,
+        "schedule": f"{args.get('lr_scheduler_type', '?')}, {warmup_text}",
+        "global batch": batch,
+        "weight decay": str(args.get("weight_decay", "?")),
+        "max length": str(args.get("max_length", "?")),
+        "precision": precision + (", gradient checkpointing" if args.get("gradient_checkpointing") else ""),
+        "attention": f"`{model_args.get('attn_implementation', '?')}`",
+        "seed": str(args.get("seed", "?")),
+        "hardware": hardware,
+        "training time": _duration(record.get("train_runtime_s") or _logged(record, "train_runtime")),
+        "final training loss": _final_loss(record.get("log_history")),
+    }
+
+
+def recipe_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the recipe table: one label, one value per stage."""
+    columns = [_stage_column(record) for record in history]
+    if not columns:
+        return []
+    return [{"label": label, "values": [_cell(c[label]) for c in columns]} for label in columns[0]]
+
+
+def base_models_from_history(history: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """`(hub_ids, local_paths)` of the vision encoder and LM recorded by the first stage."""
+    if not history:
+        return [], []
+    model_args = history[0].get("model_args") or {}
+    if model_args.get("vision_model") == "offline-default":
+        return list(OFFLINE_DEFAULT_BASES), []
+    names = [n for n in (model_args.get("language_model"), model_args.get("vision_model")) if n]
+    return [n for n in names if is_hub_id(n)], [n for n in names if not is_hub_id(n)]
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------------
+def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """Read `llava-hf eval` results files; a file that is not one fails naming the missing key."""
+    from ..eval.results import TASKS
+
+    results = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise CardError(f"evaluation results file {path} not found.")
+        result = json.loads(path.read_text())
+        for key in ("task", "metrics"):
+            if key not in result:
+                raise CardError(f"{path} is not an `llava-hf eval` results file: it has no {key!r}.")
+        if result["task"] not in TASKS:
+            raise CardError(f"{path}: unknown task {result['task']!r}; known: {sorted(TASKS)}.")
+        results.append(result)
+    return results
+
+
+def _settings_text(result: dict[str, Any]) -> str:
+    settings, metrics = result.get("settings") or {}, result.get("metrics") or {}
+    parts = []
+    if "count" in metrics:
+        parts.append(f"{metrics['count']} questions")
+    if settings:
+        if settings.get("do_sample"):
+            parts.append(f"sampling, temperature {settings.get('temperature')}, seed {settings.get('seed')}")
+        else:
+            parts.append("greedy")
+        if settings.get("max_new_tokens"):
+            parts.append(f"max {settings['max_new_tokens']} new tokens")
+        if settings.get("judge"):
+            parts.append(f"judge {settings['judge']}")
+    return ", ".join(parts) or "-"
+
+
+def evaluation_rows(model_index: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, str]]:
+    rows = []
+    for entry, result in zip(model_index[0]["results"] if model_index else [], results):
+        for metric in entry["metrics"]:
+            rows.append(
+                {
+                    "dataset": _cell(entry["dataset"]["name"]),
+                    "metric": _cell(metric["name"]),
+                    "value": _cell(metric["value"]),
+                    "settings": _cell(_settings_text(result)),
+                }
+            )
+    return rows
+
+
+# -- the model card -------------------------------------------------------------------------------------------------
+def _limitations(arch: dict[str, Any], history: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[str]:
+    resolution = f"{arch['image_size']} px" if arch.get("image_size") else "the image processor's size"
+    items = [
+        "Like every LLaVA-style model it can describe objects, text or relations that are not in the image "
+        "(hallucination), and it answers with confidence either way: check answers where a mistake matters.",
+        f"Images are seen at {resolution} as {arch.get('image_seq_length', '?')} tokens: small text and fine detail "
+        "are lost.",
+        "Prompts must go through the checkpoint's chat template (`processor.apply_chat_template`), as in the usage "
+        "above; other prompt formats degrade the answers.",
+        "It inherits the knowledge, biases and licences of its vision encoder and language model, and of its "
+        "training data; the combined weights are bound by the licences of both base models.",
+    ]
+    if history:
+        files = sorted({Path(f).name for r in history for f in (r.get("data_args") or {}).get("train_files") or []})
+        if files:
+            items.append(
+                f"It was trained only on {', '.join(f'`{f}`' for f in files)}: outside that distribution its answers "
+                "are untested."
+            )
+    for result in results:
+        metrics = result.get("metrics") or {}
+        if result.get("task") == "shapes" and "gap" in metrics and metrics["gap"] < 10:
+            items.append(
+                f"On the held-out shapes questions it scores {metrics['accuracy']:.1f}% with the image and "
+                f"{metrics['blind_accuracy']:.1f}% with a blank image: a gap of {metrics['gap']:+.1f} points means "
+                "it barely uses the image."
+            )
+    return items
+
+
+def model_card_context(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    base_models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    license: str = "other",
+    tags: list[str] | None = None,
+    eval_results: list[str | Path] | None = None,
+    language: list[str] | None = None,
+) -> dict[str, Any]:
+    """Everything `model_card.md.jinja` renders: `metadata` (the front matter) and the body's tables."""
+    from ..eval.results import to_model_index
+
+    model_dir = Path(model_dir)
+    arch = describe_architecture(model_dir)
+    history = load_training_history(model_dir)
+    if base_models is None:
+        base_models, local = base_models_from_history(history)
+        for path in local:
+            logger.warning(
+                "base_model: %s is a local path, not a Hub id; it is left out of the card's metadata "
+                "(name the Hub model with --base-model).",
+                path,
+            )
+    for name in base_models:
+        if not _HUB_ID.match(name):
+            raise CardError(f"base_model {name!r} is not a Hub id (namespace/name).")
+    for name in datasets or []:
+        if not _HUB_ID.match(name):
+            raise CardError(f"dataset {name!r} is not a Hub dataset id (namespace/name).")
+    results = load_results(list(eval_results or []))
+    name = repo_id.split("/")[-1]
+    model_index = to_model_index(name, results) if results else []
+    metadata: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-text-to-text",
+        "license": license,
+    }
+    if language:
+        metadata["language"] = list(language)
+    if base_models:
+        metadata["base_model"] = list(base_models)
+    if datasets:
+        metadata["datasets"] = list(datasets)
+    metadata["tags"] = list(dict.fromkeys(MODEL_TAGS + (["trl", "sft"] if history else []) + list(tags or [])))
+    if model_index:
+        metadata["model-index"] = model_index
+    stages = [str(r.get("stage", "?")) for r in history]
+    summary = (
+        f"A LLaVA vision-language model trained with llava-hf's `recipes/sft.py` (stage {' + '.join(stages)})"
+        if history
+        else "A LLaVA vision-language model in the llava-hf format"
+    )
+    if base_models:
+        summary += " from " + " and ".join(f"[{b}](https://huggingface.co/{b})" for b in base_models)
+    return {
+        "metadata": metadata,
+        "title": name,
+        "repo_id": repo_id,
+        "summary": summary + ".",
+        "arch": arch,
+        "stages": [{"stage": s, "label": f"stage {s}"} for s in stages],
+        "recipe_rows": recipe_rows(history),
+        "evaluations": evaluation_rows(model_index, results),
+        "limitations": _limitations(arch, history, results),
+    }
+
+
+def render_model_card(model_dir: str | Path, repo_id: str, template: str | Path | None = None, **kwargs: Any) -> str:
+    """The model card (README.md) for `model_dir` pushed as `repo_id`; validated with `ModelCard`."""
+    content = render_template("model_card.md.jinja", model_card_context(model_dir, repo_id, **kwargs), template)
+    validate_card(content, "model")
+    return content
+
+
+# -- the dataset card -----------------------------------------------------------------------------------------------
+def size_category(rows: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return label
+    return "1M<n<10M" if rows < 10_000_000 else "n>10M"
+
+
+def prompt_types(metadata_column: list[str]) -> str:
+    """Counts of the records' `type` (LLaVA-Instruct: conv/detail/complex) or `kind` field, from `metadata`."""
+    counts: Counter[str] = Counter()
+    for text in metadata_column:
+        try:
+            fields = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            continue
+        value = fields.get("type", fields.get("kind"))
+        if isinstance(value, str):
+            counts[value] += 1
+    return ", ".join(f"`{name}` ({count})" for name, count in counts.most_common()) or "not recorded"
+
+
+def dataset_card_context(
+    repo_id: str,
+    config_name: str,
+    splits: dict[str, dict[str, Any]],
+    *,
+    license: str = "other",
+    generation: dict[str, str] | None = None,
+    tags: list[str] | None = None,
+    language: list[str] | None = None,
+    pretty_name: str | None = None,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`splits` maps a split name to `{"rows", "bytes", "files"}` (paths in the repo). `previous` is the metadata
+    already on the Hub: its other configs are kept, so one repo can hold several configs pushed one at a time."""
+    previous = previous or {}
+    config = {
+        "config_name": config_name,
+        "data_files": [{"split": split, "path": f"data/{config_name}/{split}-*.parquet"} for split in splits],
+    }
+    info = {
+        "config_name": config_name,
+        "splits": [{"name": s, "num_bytes": v["bytes"], "num_examples": v["rows"]} for s, v in splits.items()],
+    }
+    configs = [c for c in previous.get("configs") or [] if c.get("config_name") != config_name] + [config]
+    infos = previous.get("dataset_info") or []
+    infos = [i for i in ([infos] if isinstance(infos, dict) else infos) if i.get("config_name") != config_name]
+    infos.append(info)
+    configs.sort(key=lambda c: (c["config_name"] != "default", c["config_name"]))
+    infos.sort(key=lambda i: (i.get("config_name") != "default", i.get("config_name", "")))
+    total = sum(s.get("num_examples", 0) for i in infos for s in i.get("splits", []))
+    metadata: dict[str, Any] = {"license": license}
+    if language:
+        metadata["language"] = list(language)
+    metadata |= {
+        "pretty_name": pretty_name or repo_id.split("/")[-1],
+        "task_categories": ["image-text-to-text", "visual-question-answering"],
+        "size_categories": [size_category(total)],
+        "tags": list(dict.fromkeys(DATASET_TAGS + list(tags or []))),
+        "configs": configs,
+        "dataset_info": infos,
+    }
+    split_rows = []
+    for entry in infos:
+        files = {
+            d["split"]: d["path"] for c in configs if c["config_name"] == entry["config_name"] for d in c["data_files"]
+        }
+        for split in entry.get("splits", []):
+            split_rows.append(
+                {
+                    "config": entry["config_name"],
+                    "split": split["name"],
+                    "rows": f"{split['num_examples']:,}",
+                    "files": files.get(split["name"], "?"),
+                }
+            )
+    generation = {k: _cell(v) for k, v in (generation or {}).items()}
+    for key in ("source", "engine", "llm", "prompt_types", "conversion"):
+        generation.setdefault(key, "not recorded")
+    if license == "other":
+        license_text = (
+            "No licence was given when this dataset was pushed (`--license`): check the licences of the source "
+            "images and the terms of the model that generated the text before using it."
+        )
+    else:
+        license_text = (
+            f"`{license}`. The images and the generating model's terms may add conditions: check the sources above."
+        )
+    return {
+        "metadata": metadata,
+        "title": metadata["pretty_name"],
+        "repo_id": repo_id,
+        "config_name": config_name,
+        "summary": f"Visual instruction data in the LLaVA format, {total:,} rows, pushed with `llava-hf push-dataset`.",
+        "split_rows": split_rows,
+        "generation": generation,
+        "license_text": license_text,
+    }
+
+
+def render_dataset_card(repo_id: str, config_name: str, splits: dict[str, dict[str, Any]], **kwargs: Any) -> str:
+    template = kwargs.pop("template", None)
+    content = render_template(
+        "dataset_card.md.jinja", dataset_card_context(repo_id, config_name, splits, **kwargs), template
+    )
+    validate_card(content, "dataset")
+    return content
+
+
+# -- the Space README -----------------------------------------------------------------------------------------------
+def render_space_readme(
+    model: str,
+    title: str,
+    limits: dict[str, Any],
+    *,
+    sdk_version: str,
+    datasets: list[str] | None = None,
+    license: str = "other",
+    hardware: str | None = None,
+) -> str:
+    metadata: dict[str, Any] = {
+        "title": title,
+        "emoji": "🌋",
+        "colorFrom": "red",
+        "colorTo": "yellow",
+        "sdk": "gradio",
+        "sdk_version": sdk_version,
+        "app_file": "app.py",
+        "pinned": False,
+        "license": license,
+        "short_description": f"Chat about images with {model.split('/')[-1]}"[:60],
+        "models": [model],
+    }
+    if datasets:
+        metadata["datasets"] = list(datasets)
+    if hardware:
+        metadata["suggested_hardware"] = hardware
+    content = render_template(
+        "space_readme.md.jinja", {"metadata": metadata, "title": title, "model": model, "limits": limits}
+    )
+    validate_card(content, "space")
+    return content
