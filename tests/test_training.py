@@ -62,15 +62,24 @@ def _recipe(workspace: Path, name: str, **overrides) -> Path:
 
 
 def _command(config: Path, *extra: str, num_processes: int = 1) -> list[str]:
-    """`accelerate launch ... recipes/sft.py --config CONFIG`, on the CPU (gloo when num_processes > 1)."""
-    launch = [ACCELERATE, "launch", "--num_processes", str(num_processes), "--num_machines", "1"]
+    """`accelerate launch ... recipes/sft.py --config CONFIG` on the CPU; several processes: DDP over gloo.
+
+    On a machine without GPUs `accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is set
+    up (its simple launcher), so N > 1 goes through torchrun, the launcher accelerate itself uses for multi-GPU runs,
+    with `ACCELERATE_USE_CPU` set (see `_launch`): accelerate then builds the same MULTI_CPU gloo state.
+    """
+    script = [str(ROOT / "recipes" / "sft.py"), "--config", str(config), *extra]
+    if num_processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)] + script
+    launch = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
-    return launch + [str(ROOT / "recipes" / "sft.py"), "--config", str(config), *extra]
+    return launch + script
 
 
 def _launch(config: Path, *extra: str, num_processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     command = _command(config, *extra, num_processes=num_processes)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env |= {"ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
@@ -291,6 +300,8 @@ def test_ddp_two_processes_match_one(workspace, stage1):
         log = json.loads((workspace / name / "llava_hf_training.json").read_text())["log_history"]
         losses.append([row["loss"] for row in log if "loss" in row])
     assert len(losses[0]) == len(losses[1]) == 3
+    record = json.loads((workspace / "two" / "llava_hf_training.json").read_text())["hardware"]
+    assert record["distributed_type"] == "MULTI_CPU" and record["num_processes"] == 2, record  # really 2 processes
     # Same samples, same global batch: the losses agree to ~3e-4 relative (per-process padding changes the float
     # summation order); a different global batch or a per-device loss mean would be off by far more.
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)

@@ -314,7 +314,8 @@ def save_stage_output(
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             # For the model card's recipe table (llava_hf.hub.cards): what the run ran on.
-            "hardware": describe_hardware(trainer.args),
+            "hardware": describe_hardware(trainer.args)
+            | {"distributed_type": str(trainer.accelerator.distributed_type.value)},
         }
         (output_dir / "llava_hf_training.json").write_text(json.dumps(config, indent=1, default=str))
     return output_dir
