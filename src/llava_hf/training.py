@@ -314,8 +314,7 @@ def save_stage_output(
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             # For the model card's recipe table (llava_hf.hub.cards): what the run ran on.
-            "hardware": describe_hardware(trainer.args)
-            | {"distributed_type": str(trainer.accelerator.distributed_type.value)},
+            "hardware": describe_hardware(trainer.args),
         }
         (output_dir / "llava_hf_training.json").write_text(json.dumps(config, indent=1, default=str))
     return output_dir
@@ -336,7 +335,15 @@ def describe_hardware(args: Any) -> dict[str, Any]:
         except (OSError, StopIteration):
             pass
         name = f"{name} (CPU, {torch.get_num_threads()} threads)"
-    return {"device": device, "device_name": name, "num_processes": args.world_size, "torch": torch.__version__}
+    state = getattr(args, "distributed_state", None)  # set up by `args.device` above
+    return {
+        "device": device,
+        "device_name": name,
+        "num_processes": args.world_size,
+        # DDP on CPU shows as MULTI_CPU, on GPUs MULTI_GPU; FSDP / DEEPSPEED as such; NO for one process.
+        "distributed_type": str(state.distributed_type.value) if state is not None else "NO",
+        "torch": torch.__version__,
+    }
 
 
 def _jsonable(value: Any) -> Any:
