@@ -305,6 +305,12 @@ def test_ddp_two_processes_match_one(workspace, stage1):
     # Same samples, same global batch: the losses agree to ~3e-4 relative (per-process padding changes the float
     # summation order); a different global batch or a per-device loss mean would be off by far more.
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    # The weights too: DDP averages the 2 processes' gradients into the 1-process gradient of the same global batch.
+    one, two, start = _weights(workspace / "one"), _weights(workspace / "two"), _weights(stage1)
+    for key in _group(one, "projector"):
+        moved = (one[key] - start[key]).abs().max().item()
+        assert moved > 1e-4, key  # the projector trained...
+        assert (one[key] - two[key]).abs().max().item() < 0.01 * moved, key  # ...and both runs moved it alike
 
 
 @pytest.mark.parametrize(
