@@ -5,12 +5,12 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from llava_hf.datagen import EngineSettings, TransformersBackend, generate_instructions, shapes_contexts
 from llava_hf.datagen.prompts import KINDS, FewShotExample, PromptSet
 from llava_hf.datagen.store import RECORDS, REJECTED
-from tester import VOCAB_SIZE, tiny_tokenizer
+from tester import tiny_llama_config, tiny_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -31,18 +31,7 @@ def one_thread():
 def model_and_tokenizer():
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=8192,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(tokenizer, max_position_embeddings=8192)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval(), tokenizer
 

@@ -24,6 +24,22 @@ def tiny_tokenizer() -> LlamaTokenizer:
     return tokenizer
 
 
+def tiny_llama_config(tokenizer: LlamaTokenizer, max_position_embeddings: int = 512) -> LlamaConfig:
+    """The tiny Llama (hidden 32, 2 layers, GQA 4/2) over `tiny_tokenizer`'s vocabulary."""
+    return LlamaConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 class LlavaModelTester:
     def __init__(
         self,
@@ -53,18 +69,7 @@ class LlavaModelTester:
                 patch_size=self.patch_size,
                 projection_dim=32,
             ),
-            text_config=LlamaConfig(
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=VOCAB_SIZE,
-                max_position_embeddings=512,
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=self.tokenizer.pad_token_id,
-            ),
+            text_config=tiny_llama_config(self.tokenizer),
             image_token_id=self.tokenizer.convert_tokens_to_ids("<image>"),
             projector_type=self.projector_type,
             vision_feature_select_strategy=self.vision_feature_select_strategy,
