@@ -2,20 +2,36 @@
 
 The reference follows the original code path: `tokenizer_image_token` (each text chunk between images tokenized on
 its own by a SentencePiece Llama tokenizer, -200 marking the image), CLIP `hidden_states[mm_vision_select_layer]`
-with CLS dropped for `patch`, `mm_projector`, features spliced in place of -200, then Llama.
+with CLS dropped for `patch`, `mm_projector`, features spliced in place of -200, then Llama. Prompts follow its
+`Conversation.get_prompt` (`sep_two_prompt`), pixels its PIL preprocessing (`original_pixel_values`).
 """
 
 import io
 import json
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 IMAGE_TOKEN_INDEX = -200
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The system prompts of the original's llava/conversation.py: `conv_vicuna_v1` ("vicuna_v1", also "v1", the
+# `--version` LLaVA v1 and 1.5 trained with) and `conv_llava_v1` ("llava_v1"). Both are SeparatorStyle.TWO with
+# roles USER / ASSISTANT, sep " " and sep2 "</s>".
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
 CORPUS = [
     "What is in the image? A cat sits on a red mat.",
     "Describe the picture in detail. The photo shows two dogs playing in the park.",
@@ -55,7 +71,8 @@ def train_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def make_clip_tower(path: Path, image_size: int = 8) -> CLIPVisionModel:
+def make_clip_tower(path: Path, image_size: int = 8, patch_size: int = 2) -> CLIPVisionModel:
+    """A tiny CLIP vision tower; `image_size=336, patch_size=84` keeps 16 patches at the real input size."""
     torch.manual_seed(1)
     config = CLIPVisionConfig(
         hidden_size=32,
@@ -63,14 +80,24 @@ def make_clip_tower(path: Path, image_size: int = 8) -> CLIPVisionModel:
         num_hidden_layers=3,
         num_attention_heads=4,
         image_size=image_size,
-        patch_size=2,
+        patch_size=patch_size,
         projection_dim=32,
     )
     tower = CLIPVisionModel(config).eval()
     tower.save_pretrained(path)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    ).save_pretrained(path)
+    # As openai/clip-vit-large-patch14(-336) ships it: the pre-`image_processor_type` feature-extractor format.
+    preprocessor = {
+        "crop_size": image_size,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "resample": 3,
+        "size": image_size,
+    }
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return tower
 
 
@@ -165,12 +192,42 @@ def expand2square(image: Image.Image, background) -> Image.Image:
     return result
 
 
-@torch.no_grad()
-def original_forward(lm, projector, tower, image_processor, sp, prompt, image, projector_type, aspect):
-    """Logits of the original LLaVA on `prompt` (one image)."""
+def original_pixel_values(image: Image.Image, aspect: str, image_size: int) -> torch.Tensor:
+    """`pixel_values` `(1, 3, image_size, image_size)` as the original computed them with transformers 4.x's PIL-based
+    `CLIPImageProcessor`: for `pad`, `expand2square` with the mean colour as ints (truncated); then PIL bicubic resize of
+    the shortest edge (the long edge truncated to int), centre crop, rescale by 1/255 and normalise in float32."""
+    image = image.convert("RGB")
     if aspect == "pad":
-        image = expand2square(image, tuple(int(x * 255) for x in image_processor.image_mean))
-    pixel_values = image_processor(image, return_tensors="pt")["pixel_values"]
+        image = expand2square(image, tuple(int(x * 255) for x in CLIP_MEAN))
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(image_size * long / short)
+    size = (image_size, resized_long) if width <= height else (resized_long, image_size)
+    array = np.asarray(image.resize(size, resample=Image.Resampling.BICUBIC))  # (height, width, 3) uint8
+    top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
+    array = array[top : top + image_size, left : left + image_size]
+    array = (array.astype(np.float64) * (1 / 255)).astype(np.float32)
+    array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def sep_two_prompt(system: str, turns: list[str | None], has_image: bool = False) -> str:
+    """The original's `Conversation.get_prompt` for SeparatorStyle.TWO (roles USER / ASSISTANT, seps " " and
+    "</s>"). `turns` alternate user / assistant; a final `None` asks for the answer. With an image, the first user
+    turn becomes "<image>\n" + its text without the placeholder, stripped."""
+    if has_image:
+        turns = ["<image>\n" + turns[0].replace("<image>", "").strip(), *turns[1:]]
+    prompt = system + " "
+    for index, message in enumerate(turns):
+        role = ("USER", "ASSISTANT")[index % 2]
+        prompt += f"{role}:" if message is None else f"{role}: {message}" + (" ", "</s>")[index % 2]
+    return prompt
+
+
+@torch.no_grad()
+def original_forward(lm, projector, tower, sp, prompt, image, projector_type, aspect):
+    """Logits of the original LLaVA on `prompt` (one image)."""
+    pixel_values = original_pixel_values(image, aspect, tower.config.image_size)
     features = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     if projector_type == "linear":
         features = features @ projector["model.mm_projector.weight"].T + projector["model.mm_projector.bias"]

@@ -88,6 +88,20 @@ def test_build_saves_a_complete_checkpoint(tmp_path):
     assert "<image>" in AutoTokenizer.from_pretrained(tmp_path / "llava").get_vocab()
 
 
+def test_image_processor_backend_is_chosen_and_kept(tmp_path):
+    """`image_processor_backend="pil"` loads the vision model's image processor with the PIL backend (the original
+    LLaVA's pixels), and the saved checkpoint reloads it."""
+    from transformers import AutoProcessor
+
+    _save_backbones(tmp_path)
+    model, processor = build_llava_from_pretrained(
+        str(tmp_path / "clip"), str(tmp_path / "lm"), image_processor_backend="pil", seed=0
+    )
+    assert processor.image_processor.backend == "pil"
+    processor.save_pretrained(tmp_path / "llava")
+    assert AutoProcessor.from_pretrained(tmp_path / "llava").image_processor.backend == "pil"
+
+
 def test_objects_without_tokenizer_raise(tmp_path):
     clip, lm = _save_backbones(tmp_path)
     with pytest.raises(ValueError, match="Pass `tokenizer=`"):

@@ -1,8 +1,12 @@
 """`llava-hf convert`: transformers' Llava <-> llava_hf, and original LLaVA checkpoints -> llava_hf."""
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -75,6 +79,19 @@ def test_hf_llava_to_llava_hf_logits_match(tmp_path, module_layout):
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
+def test_hf_llava_keeps_the_source_image_processor_class(tmp_path):
+    """By default the converted processor holds the image processor class transformers' own LlavaProcessor loads for
+    the source; `image_processor_backend="pil"` switches backend, and either choice survives reloading."""
+    from transformers import AutoProcessor
+
+    _save_hf_llava(tmp_path / "hf", module_layout=False)
+    source_class = type(HFLlavaProcessor.from_pretrained(tmp_path / "hf").image_processor)
+    convert(tmp_path / "hf", tmp_path / "ours")
+    assert type(AutoProcessor.from_pretrained(tmp_path / "ours").image_processor) is source_class
+    convert(tmp_path / "hf", tmp_path / "pil", image_processor_backend="pil")
+    assert AutoProcessor.from_pretrained(tmp_path / "pil").image_processor.backend == "pil"
+
+
 def test_llava_hf_to_hf_llava_round_trip(tmp_path):
     tester = LlavaModelTester()
     tester.save(tmp_path / "ours")
@@ -140,17 +157,22 @@ PROMPT = (
 )
 
 
+def _noise_image(height: int, width: int, seed: int = 0):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
 @pytest.mark.parametrize(
     "projector_type,include_vision,aspect",
     [("linear", False, "square"), ("mlp2x_gelu", True, "pad"), ("mlp2x_gelu", False, "pad")],
     ids=["v1-linear-tower-from-clip", "v1.5-mlp-tower-inside", "v1.5-mlp-tower-from-clip"],
 )
 def test_original_checkpoint_matches_original_forward(tmp_path, projector_type, include_vision, aspect):
-    from PIL import Image
-
     from original_llava import make_clip_tower, make_original_checkpoint, original_forward
 
-    tower = make_clip_tower(tmp_path / "clip")
+    # 336 px input (as LLaVA-1.5) in 16 patches: a 72x48 image is upscaled, where the image processor backends differ.
+    tower = make_clip_tower(tmp_path / "clip", image_size=336, patch_size=84)
     lm, projector = make_original_checkpoint(
         tmp_path / "orig", tmp_path / "clip", projector_type, include_vision=include_vision, image_aspect_ratio=aspect
     )
@@ -160,11 +182,8 @@ def test_original_checkpoint_matches_original_forward(tmp_path, projector_type, 
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "orig" / "tokenizer.model"))
-    image = Image.fromarray(torch.randint(0, 255, (10, 16, 3), dtype=torch.uint8).numpy())
-    image_processor = CLIPImageProcessor.from_pretrained(tmp_path / "clip")
-    ref_ids, ref_logits = original_forward(
-        lm, projector, tower, image_processor, sp, PROMPT, image, projector_type, aspect
-    )
+    image = _noise_image(48, 72)
+    ref_ids, ref_logits = original_forward(lm, projector, tower, sp, PROMPT, image, projector_type, aspect)
 
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
     processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
@@ -227,10 +246,16 @@ def test_converted_chat_template_gives_the_original_token_ids(tmp_path):
     import sentencepiece as spm
     from PIL import Image
 
-    from original_llava import make_clip_tower, make_original_checkpoint, tokenizer_image_token
+    from original_llava import (
+        VICUNA_V1_SYSTEM,
+        make_clip_tower,
+        make_original_checkpoint,
+        sep_two_prompt,
+        tokenizer_image_token,
+    )
 
     make_clip_tower(tmp_path / "clip")
-    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip")  # mlp2x_gelu: LLaVA-1.5, vicuna_v1
     convert(tmp_path / "orig", tmp_path / "ours")
     processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "orig" / "tokenizer.model"))
@@ -241,12 +266,13 @@ def test_converted_chat_template_gives_the_original_token_ids(tmp_path):
             "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is in the image?"}],
         }
     ]
+    original_prompt = sep_two_prompt(VICUNA_V1_SYSTEM, ["<image>\nWhat is in the image?", None], has_image=True)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    assert prompt == PROMPT.replace("A chat", "<s>A chat")
+    assert prompt == "<s>" + original_prompt
     ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
         "input_ids"
     ][0]
-    reference = tokenizer_image_token(sp, PROMPT)
+    reference = tokenizer_image_token(sp, original_prompt)
     pos = reference.index(-200)
     image_id = processor.image_token_id
     assert list(ids) == reference[:pos] + [image_id] * processor.image_seq_length + reference[pos + 1 :]
@@ -255,6 +281,116 @@ def test_converted_chat_template_gives_the_original_token_ids(tmp_path):
     out = processor.apply_chat_template(answered, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     mask = torch.as_tensor(out["assistant_masks"][0]).bool()
     assert processor.tokenizer.decode(torch.as_tensor(out["input_ids"][0])[mask]) == "A cat on a mat.</s>"
+
+
+@pytest.mark.parametrize("projector_type,expected", [("mlp2x_gelu", "vicuna_v1"), ("linear", "llava_v1")])
+def test_original_chat_template_follows_the_checkpoint_generation(tmp_path, projector_type, expected):
+    """LLaVA-1.5 (mlp2x_gelu) trained and is evaluated with `vicuna_v1`; LLaVA v1 (linear) was evaluated with
+    `llava_v1`. An explicit choice wins."""
+    from llava_hf import get_chat_template
+    from original_llava import (
+        LLAVA_V1_SYSTEM,
+        VICUNA_V1_SYSTEM,
+        make_clip_tower,
+        make_original_checkpoint,
+        sep_two_prompt,
+    )
+
+    make_clip_tower(tmp_path / "clip")
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", projector_type)
+    convert(tmp_path / "orig", tmp_path / "ours")
+    processor = LlavaProcessor.from_pretrained(tmp_path / "ours")
+    assert processor.chat_template == get_chat_template(expected)
+    system = {"vicuna_v1": VICUNA_V1_SYSTEM, "llava_v1": LLAVA_V1_SYSTEM}[expected]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == "<s>" + sep_two_prompt(system, ["<image>\nHi?", None], has_image=True)
+    convert(tmp_path / "orig", tmp_path / "plain", chat_template="plain")
+    assert LlavaProcessor.from_pretrained(tmp_path / "plain").chat_template == get_chat_template("plain")
+
+
+@pytest.mark.parametrize("aspect", ["pad", "square"])
+@pytest.mark.parametrize("height,width", [(48, 72), (72, 48)], ids=["72x48", "48x72"])
+def test_original_conversion_reproduces_the_original_pixels(tmp_path, aspect, height, width):
+    """The converted processor, saved and reloaded through AutoProcessor, gives the original's pixel_values."""
+    from transformers import AutoProcessor
+
+    from original_llava import make_clip_tower, make_original_checkpoint, original_pixel_values
+
+    make_clip_tower(tmp_path / "clip", image_size=336, patch_size=84)
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", image_aspect_ratio=aspect)
+    convert(tmp_path / "orig", tmp_path / "ours")
+    processor = AutoProcessor.from_pretrained(tmp_path / "ours")
+    assert processor.image_processor.backend == "pil"
+    image = _noise_image(height, width)
+    pixel_values = processor(images=[image], text="<image>", return_tensors="pt")["pixel_values"]
+    expected = original_pixel_values(image, aspect, 336)
+    assert (pixel_values - expected).abs().max().item() <= 1e-6
+
+
+def test_torchvision_backend_is_an_explicit_choice(tmp_path):
+    """`image_processor_backend="torchvision"` is faster and kept on reload, but its bicubic resize is not the
+    original's; an unknown backend names the option."""
+    from transformers import AutoProcessor
+
+    from original_llava import make_clip_tower, make_original_checkpoint, original_pixel_values
+
+    make_clip_tower(tmp_path / "clip", image_size=336, patch_size=84)
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip")
+    with pytest.raises(ConversionError, match="--image-processor-backend must be one of"):
+        convert(tmp_path / "orig", tmp_path / "bad", image_processor_backend="fast")
+    convert(tmp_path / "orig", tmp_path / "ours", image_processor_backend="torchvision")
+    processor = AutoProcessor.from_pretrained(tmp_path / "ours")
+    assert processor.image_processor.backend == "torchvision"
+    image = _noise_image(48, 72)
+    pixel_values = processor(images=[image], text="<image>", return_tensors="pt")["pixel_values"]
+    assert (pixel_values - original_pixel_values(image, "pad", 336)).abs().max().item() > 1e-3
+
+
+REMOTE_PIXELS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class BlockLlavaHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "llava_hf" or name.startswith("llava_hf."):
+                raise ImportError("llava_hf is blocked in this process")
+    sys.meta_path.insert(0, BlockLlavaHf())
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8))
+    pixel_values = processor(images=[image], text="<image>", return_tensors="np")["pixel_values"]
+    assert "llava_hf" not in sys.modules
+    print(json.dumps({"processor": type(processor).__module__, "backend": processor.image_processor.backend,
+                      "pixel_values": pixel_values.tolist()}))
+    """
+)
+
+
+def test_original_pixels_survive_remote_code(tmp_path):
+    """Loaded with trust_remote_code where llava_hf cannot be imported, the converted processor keeps the PIL
+    backend and the original's pixel_values."""
+    from original_llava import make_clip_tower, make_original_checkpoint, original_pixel_values
+
+    make_clip_tower(tmp_path / "clip", image_size=336, patch_size=84)
+    make_original_checkpoint(tmp_path / "orig", tmp_path / "clip", image_aspect_ratio="pad")
+    convert(tmp_path / "orig", tmp_path / "ours")
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_PIXELS)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ours")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["processor"].startswith("transformers_modules.") and report["backend"] == "pil", report
+    expected = original_pixel_values(_noise_image(48, 72), "pad", 336)
+    assert (torch.tensor(report["pixel_values"]) - expected).abs().max().item() <= 1e-6
 
 
 def test_hf_llava_output_uses_transformers_own_key_layout(tmp_path):

@@ -4,16 +4,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, CLIPImageProcessor
+from transformers import AutoProcessor, CLIPImageProcessor, CLIPImageProcessorPil
 
 from llava_hf import LlavaProcessor, get_chat_template
 from llava_hf.processing_llava import expand_to_square
+from original_llava import LLAVA_V1_SYSTEM, VICUNA_V1_SYSTEM, sep_two_prompt
 from tester import LlavaModelTester, tiny_tokenizer
 
-VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the human's questions."
-)
 CONVERSATION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
@@ -33,14 +30,34 @@ def test_each_image_expands_to_image_seq_length_tokens():
     assert out["pixel_values"].shape == (2, 3, 8, 8)
 
 
-def test_vicuna_v1_prompt_is_the_original_text():
-    processor = LlavaModelTester(chat_template="vicuna_v1").get_processor()
-    text = processor.apply_chat_template(CONVERSATION)
-    assert text == (
-        f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT: Red.</s>"
-    )
-    prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
-    assert prompt == f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:"
+@pytest.mark.parametrize("template,system", [("vicuna_v1", VICUNA_V1_SYSTEM), ("llava_v1", LLAVA_V1_SYSTEM)])
+def test_sep_two_templates_give_the_original_prompt(template, system):
+    """`vicuna_v1` / `llava_v1` = the original's `conv_vicuna_v1` / `conv_llava_v1` `get_prompt()` (BOS written by
+    the template), for a 3-turn conversation with an image, answered and awaiting the answer."""
+    processor = LlavaModelTester(chat_template=template).get_processor()
+    questions = [" What is it? ", "Color?", "And the mat?"]
+    answers = ["A cat.", "Red.", "Blue, with\nstripes."]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": questions[0]}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answers[0]}]},
+    ]
+    for question, answer in zip(questions[1:], answers[1:]):
+        messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    turns = [turn for pair in zip(questions, answers) for turn in pair]
+    turns[0] = "<image>" + turns[0]
+    assert processor.apply_chat_template(messages) == "<s>" + sep_two_prompt(system, turns, has_image=True)
+    prompt = processor.apply_chat_template(messages[:-1], add_generation_prompt=True)
+    assert prompt == "<s>" + sep_two_prompt(system, [*turns[:-1], None], has_image=True)
+
+
+def test_sep_two_system_prompts_are_the_originals():
+    assert VICUNA_V1_SYSTEM in get_chat_template("vicuna_v1") and LLAVA_V1_SYSTEM not in get_chat_template("vicuna_v1")
+    assert LLAVA_V1_SYSTEM in get_chat_template("llava_v1") and VICUNA_V1_SYSTEM not in get_chat_template("llava_v1")
+    # A system message replaces the default, as `conv.system = ...` did.
+    processor = LlavaModelTester(chat_template="llava_v1").get_processor()
+    own = [{"role": "system", "content": "Be brief."}, *CONVERSATION[:2]]
+    assert processor.apply_chat_template(own).startswith("<s>Be brief. USER: <image>\nWhat is it? ASSISTANT:")
 
 
 def test_vicuna_v1_puts_images_first_like_the_original():
@@ -115,6 +132,24 @@ def test_save_and_load_round_trip(tmp_path):
     a = processor(images=[image], text="<image>\nHi", return_tensors="pt")
     b = reloaded(images=[image], text="<image>\nHi", return_tensors="pt")
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_image_processor_backend_survives_save_and_load(tmp_path):
+    """transformers saves one `image_processor_type` for both backends and loads torchvision by default; the processor
+    records its backend so AutoProcessor reloads the same class (and the same pixels). `backend=` still wins."""
+    image = _image(30, 14)
+    for image_processor_class, other in [(CLIPImageProcessorPil, "torchvision"), (CLIPImageProcessor, "pil")]:
+        processor = LlavaModelTester(image_aspect_ratio="pad").get_processor()
+        processor.image_processor = image_processor_class(
+            size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}
+        )
+        folder = tmp_path / image_processor_class.__name__
+        processor.save_pretrained(folder)
+        reloaded = AutoProcessor.from_pretrained(folder)
+        assert type(reloaded.image_processor) is image_processor_class
+        a = processor(images=[image], text="<image>", return_tensors="pt")["pixel_values"]
+        assert torch.equal(a, reloaded(images=[image], text="<image>", return_tensors="pt")["pixel_values"])
+        assert AutoProcessor.from_pretrained(folder, backend=other).image_processor.backend == other
 
 
 def test_tokenizer_without_image_token_is_a_clear_error():

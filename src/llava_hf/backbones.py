@@ -84,7 +84,8 @@ def load_efficientnet_lite0(dtype: torch.dtype | None = None) -> tuple[PreTraine
         model.save_pretrained(cached)
     model = TimmWrapperModel.from_pretrained(cached, dtype=dtype)
     # timm's eval transform (bicubic resize of the short side to 224 / crop_pct, centre crop 224, mean/std 0.5) as a
-    # CLIPImageProcessor, which serialises and runs in transformers' pipelines like any other.
+    # CLIPImageProcessor, which serialises and runs in transformers' pipelines like any other. The torchvision backend
+    # (transformers 5's `CLIPImageProcessor`) is chosen for speed; the processor records it, so reloads keep it.
     side = int(pretrained_cfg["input_size"][-1])
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": int(side / pretrained_cfg["crop_pct"])},

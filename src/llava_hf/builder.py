@@ -40,6 +40,7 @@ def build_llava_from_pretrained(
     *,
     tokenizer: Any = None,
     image_processor: Any = None,
+    image_processor_backend: str | None = None,
     projector_type: str = "mlp2x_gelu",
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
@@ -61,9 +62,14 @@ def build_llava_from_pretrained(
             only its vision half) or a loaded vision model (e.g. a `TimmWrapperModel`).
         language_model: a path / Hub id or a loaded `AutoModelForCausalLM`.
         tokenizer / image_processor: required when the backbones are passed as objects without a path to load from.
+        image_processor_backend: transformers' `backend` for the image processor loaded from `vision_model`:
+            `"pil"` (the PIL pipeline the original LLaVA used), `"torchvision"` (faster; its bicubic resize differs
+            slightly), or `None` for transformers' default (torchvision when installed). Ignored when
+            `image_processor` is given. The processor records the backend, so a saved checkpoint reloads with it.
         projector_type: `"linear"` (LLaVA v1) or `"mlp2x_gelu"` (LLaVA-1.5).
         image_aspect_ratio: `"pad"` (LLaVA-1.5) or `"square"` (LLaVA v1).
-        chat_template: `"plain"`, `"vicuna_v1"`, `"chatml"`, a Jinja string, or `None` for the tokenizer's own.
+        chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a Jinja string, or `None` for the
+            tokenizer's own.
         attn_implementation: `"auto"` (FlashAttention-2 on CUDA when installed, else sdpa), `"sdpa"`, `"eager"`, ...
         seed: seeds the projector's initialisation.
 
@@ -84,7 +90,7 @@ def build_llava_from_pretrained(
     if image_processor is None:
         if isinstance(vision_model, PreTrainedModel):
             raise ValueError("Pass `image_processor=` when `vision_model` is a model object.")
-        image_processor = AutoImageProcessor.from_pretrained(vision_model)
+        image_processor = AutoImageProcessor.from_pretrained(vision_model, backend=image_processor_backend)
 
     # Tokenizer surgery: `<image>` as a special token so it never merges with text, and a pad token for batching.
     added = tokenizer.add_special_tokens(

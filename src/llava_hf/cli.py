@@ -32,8 +32,21 @@ def _convert_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--chat-template",
-        default="vicuna_v1",
-        help="conversation format for original LLaVA checkpoints: vicuna_v1 (default), plain, or a .jinja file",
+        default=None,
+        help=(
+            "conversation format for original LLaVA checkpoints: vicuna_v1, llava_v1, plain, or a .jinja file "
+            "(default: vicuna_v1 for an mlp2x_gelu projector (LLaVA-1.5), llava_v1 for a linear one (LLaVA v1))"
+        ),
+    )
+    parser.add_argument(
+        "--image-processor-backend",
+        choices=["pil", "torchvision"],
+        default=None,
+        help=(
+            "transformers' image processor backend for the llava_hf processor (default: pil for original LLaVA "
+            "checkpoints, the original's pixels exactly; for transformers' Llava, the class transformers loads). "
+            "torchvision is faster but its bicubic resize differs from the original's"
+        ),
     )
     parser.set_defaults(func=_run_convert)
 
@@ -44,7 +57,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
     template = args.chat_template
-    if template.endswith(".jinja"):
+    if template is not None and template.endswith(".jinja"):
         template = Path(template).read_text()
     layout = convert(
         args.src,
@@ -53,6 +66,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         vision_tower=args.vision_tower,
         allow_bin=args.allow_bin,
         chat_template=template,
+        image_processor_backend=args.image_processor_backend,
     )
     print(f"converted {args.src} ({layout}) -> {args.dst} ({args.to})")
     return 0

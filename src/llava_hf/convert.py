@@ -9,6 +9,12 @@ Source layouts, detected from `config.json` and the weight names:
 
 Weights are read and written as safetensors. Released original checkpoints are `.bin` shards: `allow_bin=True`
 reads them with `torch.load(weights_only=True)`, which refuses pickled code.
+
+Image processor backend: the original LLaVA preprocessed with the PIL-based `CLIPImageProcessor` of transformers 4.x;
+in transformers 5 that is `CLIPImageProcessorPil` (`backend="pil"`), while `CLIPImageProcessor` is the torchvision
+backend, whose bicubic resize gives different pixels. Original checkpoints therefore convert with the PIL backend by
+default; `image_processor_backend="torchvision"` trades exactness for speed. The processor records its backend
+(`image_processor_backend` in `processor_config.json`), so reloading keeps it.
 """
 
 import json
@@ -37,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("hf-llava", "original", "llava_hf")
 TARGETS = ("llava_hf", "hf-llava")
+IMAGE_PROCESSOR_BACKENDS = ("pil", "torchvision")
 
 
 class ConversionError(ValueError):
@@ -154,7 +161,9 @@ _HF_OLD_LAYOUT = [
 ]
 
 
-def convert_hf_llava_to_llava_hf(src: Path, dst: Path) -> None:
+def convert_hf_llava_to_llava_hf(src: Path, dst: Path, image_processor_backend: str | None = None) -> None:
+    """`image_processor_backend=None` keeps the image processor class transformers loads for `src` (what its own
+    `LlavaProcessor.from_pretrained(src)` would use); `"pil"` / `"torchvision"` pick that backend instead."""
     raw = read_config(src)
     hf_config = AutoConfig.from_pretrained(src)
     config = LlavaConfig(
@@ -176,7 +185,7 @@ def convert_hf_llava_to_llava_hf(src: Path, dst: Path) -> None:
     # Processor: keep the tokenizer, image processor and chat template; tokens per image from the config.
     if (src / "tokenizer_config.json").is_file() or (src / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(src)
-        image_processor = AutoImageProcessor.from_pretrained(src)
+        image_processor = AutoImageProcessor.from_pretrained(src, backend=image_processor_backend)
         pads = bool(getattr(image_processor, "do_pad", False))
         if pads:
             model.config.image_aspect_ratio = "pad"
@@ -264,6 +273,12 @@ def convert_llava_hf_to_hf_llava(src: Path, dst: Path) -> None:
                 src,
             )
         ip = processor.image_processor
+        if processor.image_processor_backend == "pil":
+            logger.warning(
+                "%s uses the PIL image processor backend; transformers' LlavaProcessor.from_pretrained loads the "
+                'torchvision backend unless told otherwise: pass backend="pil" to keep the same pixel values.',
+                src,
+            )
         image_processor = LlavaImageProcessor(
             size=dict(ip.size),
             crop_size=dict(ip.crop_size) if getattr(ip, "crop_size", None) else None,
@@ -309,8 +324,12 @@ def convert_original_to_llava_hf(
     dst: Path,
     vision_tower: str | Path | None = None,
     allow_bin: bool = False,
-    chat_template: str = "vicuna_v1",
+    chat_template: str | None = None,
+    image_processor_backend: str | None = None,
 ) -> None:
+    """`chat_template=None` picks the original's conversation mode from the projector: `vicuna_v1` for
+    `mlp2x_gelu` (LLaVA-1.5, trained and evaluated with it), `llava_v1` for `linear` (LLaVA v1, evaluated with it).
+    `image_processor_backend=None` is `"pil"`, the original's pixels exactly."""
     raw = read_config(src)
     if raw.get("mm_use_im_start_end"):
         raise ConversionError(
@@ -388,8 +407,12 @@ def convert_original_to_llava_hf(
         model = LlavaForConditionalGeneration(config)
     _save_model(model, state, dst)
 
+    if chat_template is None:
+        chat_template = "vicuna_v1" if config.projector_type == "mlp2x_gelu" else "llava_v1"
+        logger.info("%s: %s projector, using the %s chat template", src, config.projector_type, chat_template)
     processor = LlavaHfProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(tower),
+        # The original's CLIPImageProcessor was PIL-based: the PIL backend reproduces its pixel values.
+        image_processor=AutoImageProcessor.from_pretrained(tower, backend=image_processor_backend or "pil"),
         tokenizer=tokenizer,
         chat_template=get_chat_template(chat_template) if chat_template in TEMPLATE_NAMES else chat_template,
         image_seq_length=config.image_seq_length,
@@ -424,23 +447,38 @@ def convert(
     to: str = "llava_hf",
     vision_tower: str | Path | None = None,
     allow_bin: bool = False,
-    chat_template: str = "vicuna_v1",
+    chat_template: str | None = None,
+    image_processor_backend: str | None = None,
 ) -> str:
     """Convert the checkpoint folder `src` into `dst` (`to`: `"llava_hf"` or `"hf-llava"`). Returns the source layout.
 
     `chat_template` applies to original LLaVA checkpoints, whose conversation format is not recorded in the
-    checkpoint: `"vicuna_v1"` (LLaVA v1 / v1.5), `"plain"` (stage-1 projector checkpoints), or a Jinja string.
+    checkpoint: `None` picks the original's by projector (`"vicuna_v1"` for LLaVA-1.5's `mlp2x_gelu`, `"llava_v1"`
+    for LLaVA v1's `linear`); or `"vicuna_v1"`, `"llava_v1"`, `"plain"` (stage-1 projector checkpoints), a Jinja string.
+
+    `image_processor_backend` (`"pil"` or `"torchvision"`, transformers' `backend`) applies to conversions to
+    llava_hf. `None`: `"pil"` for original checkpoints (their pixels exactly), and for transformers' Llava the
+    class transformers itself loads for `src`.
     """
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
         raise ConversionError(f"--to must be one of {list(TARGETS)}, got {to!r}.")
+    if image_processor_backend not in (None, *IMAGE_PROCESSOR_BACKENDS):
+        raise ConversionError(
+            f"--image-processor-backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)}, got {image_processor_backend!r}."
+        )
     layout = detect_layout(src)
     if to == "llava_hf":
         if layout == "hf-llava":
-            convert_hf_llava_to_llava_hf(src, dst)
+            convert_hf_llava_to_llava_hf(src, dst, image_processor_backend=image_processor_backend)
         elif layout == "original":
             convert_original_to_llava_hf(
-                src, dst, vision_tower=vision_tower, allow_bin=allow_bin, chat_template=chat_template
+                src,
+                dst,
+                vision_tower=vision_tower,
+                allow_bin=allow_bin,
+                chat_template=chat_template,
+                image_processor_backend=image_processor_backend,
             )
         else:
             raise ConversionError(f"{src} is already a llava_hf checkpoint.")

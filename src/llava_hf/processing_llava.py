@@ -3,8 +3,8 @@
 
 Each `<image>` in the text expands to `image_seq_length` `<image>` tokens, the number of features the vision tower
 yields (computed from the model config, see `compute_image_seq_length`). Prompts come from the processor's Jinja chat
-template (`plain`, `vicuna_v1`, or the LM's own), whose `{% generation %}` markers give the assistant-token mask used
-for the loss.
+template (`plain`, `vicuna_v1` / `llava_v1`, or the LM's own), whose `{% generation %}` markers give the
+assistant-token mask used for the loss.
 """
 
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import make_flat_list_of_images
@@ -58,6 +59,13 @@ class LlavaHfProcessor(ProcessorMixin):
             Tokenize the text between `<image>` placeholders chunk by chunk, as the original LLaVA code did
             (`tokenizer_image_token`). With a SentencePiece Llama tokenizer this keeps the lone `▁` piece after each
             image that checkpoints converted from the original were trained with. Off for new models.
+
+    Image processor backend: transformers 5 saves the same `image_processor_type` for both backends of an image
+    processor (`CLIPImageProcessor` is the torchvision one, `CLIPImageProcessorPil` the PIL one) and
+    `AutoImageProcessor` loads torchvision unless told otherwise. Their pixels differ (bicubic resizing is not the
+    same), so `save_pretrained` records the image processor's backend as `image_processor_backend` in
+    `processor_config.json` and `from_pretrained` loads that backend again. An explicit `backend=` (or `use_fast=`)
+    passed to `from_pretrained` wins.
     """
 
     def __init__(
@@ -90,6 +98,32 @@ class LlavaHfProcessor(ProcessorMixin):
             )
         self.image_token_id = image_token_id
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    # -- saving and loading ------------------------------------------------------------------------------------------
+    @property
+    def image_processor_backend(self) -> str | None:
+        """`"pil"` or `"torchvision"` (transformers' `backend` of the image processor), `None` when it has none."""
+        return getattr(self.image_processor, "backend", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if self.image_processor_backend is not None:
+            output["image_processor_backend"] = self.image_processor_backend
+        return output
+
+    @classmethod
+    def _get_arguments_from_pretrained(
+        cls, pretrained_model_name_or_path: Any, processor_dict: dict | None = None, **kwargs: Any
+    ) -> list[Any]:
+        saved = (processor_dict or {}).get("image_processor_backend")
+        args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        if saved is None or kwargs.get("backend") is not None or kwargs.get("use_fast") is not None:
+            return args
+        index = cls.get_attributes().index("image_processor")
+        if getattr(args[index], "backend", saved) != saved:
+            # Reload only the image processor: `backend=` would also reach the tokenizer's init kwargs.
+            args[index] = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, backend=saved, **kwargs)
+        return args
 
     # -- images ------------------------------------------------------------------------------------------------------
     def _background_color(self) -> tuple[int, int, int]:
