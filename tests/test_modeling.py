@@ -3,8 +3,34 @@
 import pytest
 import torch
 
-from llava_hf import LlavaForConditionalGeneration, resolve_attn_implementation
-from tester import LlavaModelTester
+from llava_hf import LlavaConfig, LlavaForConditionalGeneration, modeling_llava, resolve_attn_implementation
+from llava_hf.modeling_llava import describe_attn_implementation
+from tester import LlavaModelTester, tiny_llama_config
+
+
+def tiny_timm_config(tester: LlavaModelTester) -> LlavaConfig:
+    """The tester's config with timm's tiny test EfficientNet as the tower (64 px -> a 2 x 2 grid, 4 image tokens)."""
+    pytest.importorskip("timm")
+    from transformers import TimmWrapperConfig
+
+    vision = TimmWrapperConfig(architecture="test_efficientnet", pretrained_cfg={"input_size": [3, 64, 64]})
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=tiny_llama_config(tester.tokenizer),
+        image_token_id=tester.tokenizer.convert_tokens_to_ids("<image>"),
+        projector_type="mlp2x_gelu",
+    )
+
+
+def output_tensors(output) -> list[torch.Tensor]:
+    """The tensors in a module's output (a tensor, a tuple, or a `ModelOutput`)."""
+    if torch.is_tensor(output):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [tensor for item in output for tensor in output_tensors(item)]
+    return []
 
 
 @pytest.mark.parametrize("projector_type", ["linear", "mlp2x_gelu"])
@@ -143,6 +169,72 @@ def test_attention_implementations_agree(attn_implementation):
         assert torch.allclose(model(**inputs).logits, reference(**inputs).logits, atol=1e-5)
 
 
+@pytest.fixture
+def gpu(monkeypatch):
+    """Pretend to run on a CUDA device of a given compute capability, with the given FlashAttention versions."""
+
+    def pretend(capability: tuple[int, int], installed: set[int]) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        for version in (2, 3, 4):
+            monkeypatch.setattr(modeling_llava, f"is_flash_attn_{version}_available", lambda v=version: v in installed)
+
+    return pretend
+
+
+@pytest.mark.parametrize(
+    ("capability", "installed", "expected"),
+    [
+        ((9, 0), {2, 3, 4}, "flash_attention_4"),  # H100
+        ((10, 0), {2, 3, 4}, "flash_attention_4"),  # B200
+        ((9, 0), {2, 3}, "flash_attention_3"),
+        ((10, 0), {2, 3}, "flash_attention_2"),  # flash-attn-3 has no Blackwell kernels
+        ((8, 0), {2, 3, 4}, "flash_attention_2"),  # A100: neither FA3 nor FA4
+        ((12, 0), {2, 3, 4}, "flash_attention_2"),  # consumer Blackwell (RTX 50xx)
+        ((7, 5), {2, 3, 4}, "sdpa"),  # T4: no FlashAttention at all
+    ],
+)
+def test_auto_attention_picks_the_newest_flash_attention_the_gpu_runs(gpu, capability, installed, expected):
+    gpu(capability, installed)
+    resolved = resolve_attn_implementation("auto")
+    if expected == "sdpa":
+        assert resolved == "sdpa"
+    else:  # the language model gets the kernel, the vision tower keeps sdpa
+        assert resolved == {"": expected, "text_config": expected, "vision_config": "sdpa"}
+
+
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3", "flash_attention_4"])
+def test_explicit_flash_attention_needs_cuda_and_its_package(gpu, monkeypatch, kernel):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=f'"{kernel}" needs a CUDA device'):
+        resolve_attn_implementation(kernel)
+    gpu((9, 0), set())
+    with pytest.raises(ValueError, match=f'"{kernel}" needs its FlashAttention package'):
+        resolve_attn_implementation(kernel)
+    gpu((9, 0), {int(kernel[-1])})
+    assert resolve_attn_implementation(kernel) == {"": kernel, "text_config": kernel, "vision_config": "sdpa"}
+
+
+def test_auto_attention_through_the_auto_classes(tmp_path):
+    """`AutoModelForImageTextToText.from_pretrained(path, attn_implementation="auto")`, as stage 2 loads: `AutoConfig`
+    keeps the unresolved value on the config, and it is resolved all the same."""
+    from transformers import AutoModelForImageTextToText
+
+    LlavaModelTester().get_model().save_pretrained(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="auto")
+    assert describe_attn_implementation(model) == {"language_model": "sdpa", "vision_tower": "sdpa"}
+
+
+def test_attention_record_reads_the_loaded_sub_models():
+    """What the training record stores: the implementation each sub-model runs, from a per-sub-config request."""
+    config = tiny_timm_config(LlavaModelTester())
+    requested = {"": "eager", "text_config": "eager", "vision_config": "sdpa"}  # as "auto" asks, with eager for FA
+    model = LlavaForConditionalGeneration._from_config(config, attn_implementation=requested)
+    assert describe_attn_implementation(model) == {"language_model": "eager", "vision_tower": "sdpa"}
+    model.set_attn_implementation({"text_config": "sdpa"})
+    assert describe_attn_implementation(model) == {"language_model": "sdpa", "vision_tower": "sdpa"}
+
+
 def test_flash_attention_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path is for machines without it")
@@ -165,6 +257,58 @@ def test_gradient_checkpointing_gives_same_gradients():
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
         grads.append(model.model.multi_modal_projector.linear_1.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("tower", ["clip", "timm"])
+def test_frozen_vision_tower_runs_without_autograd(tower):
+    """Activation checkpointing hooks the tower's patch embedding to require grad (`enable_input_require_grads`); a
+    frozen tower still records no autograd graph, so none of it is kept or back-propagated. The projector trains,
+    and an unfrozen tower gets its gradients back. (transformers does not hook timm towers, which expose no input
+    embeddings; the timm case guards the same path.)"""
+    tester = LlavaModelTester()
+    if tower == "clip":
+        config, image_size = tester.get_config(), tester.image_size
+    else:
+        config, image_size = tiny_timm_config(tester), 64
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration._from_config(config)
+    for name, parameter in model.named_parameters():  # stage 1: only the projector trains
+        parameter.requires_grad_("multi_modal_projector" in name)
+    model.activation_checkpointing_enable()
+    model.train()
+    in_graph = []
+    for name, module in model.model.vision_tower.named_modules():
+        module.register_forward_hook(
+            lambda module, args, output, name=name: in_graph.extend(
+                name for tensor in output_tensors(output) if tensor.grad_fn is not None
+            )
+        )
+    image_ids = torch.full((2, config.image_seq_length), config.image_token_id)
+    input_ids = torch.cat([torch.ones(2, 1, dtype=torch.long), image_ids, torch.randint(4, 60, (2, 5))], dim=1)
+    inputs = {"input_ids": input_ids, "pixel_values": torch.randn(2, 3, image_size, image_size)}
+
+    model(**inputs, labels=input_ids).loss.backward()
+    assert in_graph == [], f"tower activations in the autograd graph: {sorted(set(in_graph))}"
+    assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+
+    model.model.vision_tower.requires_grad_(True)
+    model(**inputs, labels=input_ids).loss.backward()
+    assert in_graph and any(p.grad is not None for p in model.model.vision_tower.parameters())
+
+
+def test_forward_compiles_to_one_graph():
+    """`_can_compile_fullgraph`: no graph break, no host read of the `<image>` count; the count check survives."""
+    tester = LlavaModelTester()
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits  # transformers installs its output-capturing hooks on a first, eager call
+        # aot_eager: dynamo and AOT autograd trace the whole model, without inductor's minute-long CPU codegen.
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        assert torch.allclose(compiled(**inputs).logits, expected, atol=1e-6)
+        inputs["input_ids"] = inputs["input_ids"][:, 3:]  # truncated through the image
+        with pytest.raises(RuntimeError, match="Image features and image tokens do not match"):
+            compiled(**inputs)
 
 
 def test_trl_fused_lm_head_backbone_contract():

@@ -10,41 +10,103 @@ Layering follows transformers' Llava so that weights convert 1:1 (`model.vision_
 - [`LlavaForConditionalGeneration`]: adds `lm_head`, the loss and `generate`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
-from transformers.utils import is_flash_attn_2_available, logging
+from transformers.utils import (
+    is_flash_attn_2_available,
+    is_flash_attn_3_available,
+    is_flash_attn_4_available,
+    is_tracing,
+    logging,
+)
 
 from .configuration_llava import LlavaConfig, vision_feature_size, vision_tower_has_cls
 
 logger = logging.get_logger(__name__)
 
 
-def resolve_attn_implementation(attn_implementation: str | None) -> str | None:
-    """Map `"auto"` to the fastest available kernel: FlashAttention-2 on CUDA when `flash_attn` imports, else sdpa.
+class _FlashAttentionKernel(NamedTuple):
+    is_available: Callable[[], bool]  # transformers' check: the package imports and CUDA is there
+    min_capability: int  # lowest CUDA compute capability (major) the package has kernels for
+    max_capability: int | None  # highest, or None for "and newer"
+    install: str
 
-    Other values pass through unchanged. An explicit `"flash_attention_2"` without CUDA or without `flash_attn` raises
-    here, with the reason, rather than deep inside `from_pretrained`.
+
+# The FlashAttention kernels transformers dispatches to, in the order `"auto"` prefers them. The lambdas look the
+# availability checks up when called, so tests can stand in for them.
+_FLASH_ATTENTION_KERNELS = {
+    # flash-attn-4 (CuTe DSL): Hopper (9.x) and Blackwell (10.x).
+    "flash_attention_4": _FlashAttentionKernel(
+        lambda: is_flash_attn_4_available(), 9, 10, "`pip install flash-attn-4`"
+    ),
+    # flash-attn-3: Hopper (9.x) only (its kernels use Hopper's wgmma).
+    "flash_attention_3": _FlashAttentionKernel(
+        lambda: is_flash_attn_3_available(), 9, 9, "the `flash-attn-3` package (flash-attention's `hopper/` build)"
+    ),
+    # flash-attn 2: Ampere (8.x) and newer.
+    "flash_attention_2": _FlashAttentionKernel(
+        lambda: is_flash_attn_2_available(), 8, None, "`pip install flash-attn --no-build-isolation`"
+    ),
+}
+
+
+def _best_flash_attention() -> str | None:
+    """The first kernel of `_FLASH_ATTENTION_KERNELS` that is installed and has kernels for this CUDA device."""
+    if not torch.cuda.is_available():
+        return None
+    major, _ = torch.cuda.get_device_capability()
+    for name, kernel in _FLASH_ATTENTION_KERNELS.items():
+        fits = kernel.min_capability <= major and (kernel.max_capability is None or major <= kernel.max_capability)
+        if fits and kernel.is_available():
+            return name
+    return None
+
+
+def resolve_attn_implementation(attn_implementation: str | dict | None) -> str | dict | None:
+    """Map `"auto"` to the fastest attention this machine can run, and check explicit FlashAttention requests early.
+
+    `"auto"` picks, on a CUDA device, the first FlashAttention kernel that is installed and supports the device:
+    `flash_attention_4` (`flash-attn-4`, Hopper / Blackwell), then `flash_attention_3` (`flash-attn-3`, Hopper), then
+    `flash_attention_2` (`flash-attn`, Ampere and newer); without any of them it picks `"sdpa"`.
+
+    A FlashAttention kernel (chosen by `"auto"` or named) goes to the language model only, as the per-sub-config
+    `dict` transformers accepts (`{"": kernel, "text_config": kernel, "vision_config": "sdpa"}`): the vision tower
+    keeps sdpa. timm towers support nothing else, and images carry no padding, so sdpa already runs a fused kernel
+    there. Pass your own `dict` to choose differently.
+
+    An explicit `"flash_attention_2"` / `"_3"` / `"_4"` without CUDA or without its package raises here, with the
+    reason, rather than deep inside `from_pretrained`. Other values (`"sdpa"`, `"eager"`, a `dict`, ...) pass through.
     """
     if attn_implementation == "auto":
-        return "flash_attention_2" if torch.cuda.is_available() and is_flash_attn_2_available() else "sdpa"
-    if attn_implementation == "flash_attention_2":
+        best = _best_flash_attention()
+        return "sdpa" if best is None else _flash_attention_for_language_model(best)
+    if isinstance(attn_implementation, str) and attn_implementation in _FLASH_ATTENTION_KERNELS:
         if not torch.cuda.is_available():
             raise ValueError(
-                'attn_implementation="flash_attention_2" needs a CUDA device, and none is available; use "sdpa" '
-                '(or "auto", which picks FlashAttention-2 only where it can run).'
+                f'attn_implementation="{attn_implementation}" needs a CUDA device, and none is available; use "sdpa" '
+                '(or "auto", which picks a FlashAttention kernel only where it can run).'
             )
-        if not is_flash_attn_2_available():
+        kernel = _FLASH_ATTENTION_KERNELS[attn_implementation]
+        if not kernel.is_available():
             raise ValueError(
-                'attn_implementation="flash_attention_2" needs the `flash_attn` package, which is not importable; '
-                'install it (`pip install flash-attn --no-build-isolation`) or use "sdpa" / "auto".'
+                f'attn_implementation="{attn_implementation}" needs its FlashAttention package, which is not '
+                f'importable; install {kernel.install} or use "sdpa" / "auto".'
             )
+        return _flash_attention_for_language_model(attn_implementation)
     return attn_implementation
+
+
+def _flash_attention_for_language_model(kernel: str) -> dict[str, str]:
+    return {"": kernel, "text_config": kernel, "vision_config": "sdpa"}
 
 
 @dataclass
@@ -134,7 +196,19 @@ class LlavaPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus `attn_implementation="auto"` (FlashAttention-2 > sdpa)."""
+        """`PreTrainedModel.from_pretrained`, plus `attn_implementation="auto"` (see `resolve_attn_implementation`).
+
+        The Auto classes hand `attn_implementation` to `AutoConfig`, which stores it as given on the config and every
+        sub-config; such a request is resolved the same way.
+        """
+        config = kwargs.get("config")
+        if "attn_implementation" not in kwargs and isinstance(config, PreTrainedConfig):
+            requested = config._attn_implementation
+            sub_configs = [getattr(config, key) for key in config.sub_configs if getattr(config, key) is not None]
+            if (requested == "auto" or requested in _FLASH_ATTENTION_KERNELS) and all(
+                sub_config._attn_implementation == requested for sub_config in sub_configs
+            ):
+                kwargs["attn_implementation"] = requested
         if "attn_implementation" in kwargs:
             kwargs["attn_implementation"] = resolve_attn_implementation(kwargs["attn_implementation"])
         return super().from_pretrained(*args, **kwargs)
@@ -164,10 +238,14 @@ class LlavaModel(LlavaPreTrainedModel):
 
     def train(self, mode: bool = True) -> "LlavaModel":
         super().train(mode)
-        if mode and not any(p.requires_grad for p in self.vision_tower.parameters()):
+        if mode and not self.vision_tower_is_trainable():
             # A frozen tower stays in eval mode: no dropout, and no batch-norm statistics drifting (timm CNNs).
             self.vision_tower.eval()
         return self
+
+    def vision_tower_is_trainable(self) -> bool:
+        """Whether any vision tower parameter requires grad (LLaVA keeps the tower frozen in both stages)."""
+        return any(parameter.requires_grad for parameter in self.vision_tower.parameters())
 
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """Run the vision tower and the projector.
@@ -180,6 +258,16 @@ class LlavaModel(LlavaPreTrainedModel):
             image_features (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`).
         """
         pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
+        # A frozen tower runs without autograd, as LLaVA's `torch.no_grad()` tower does. Without this, gradient
+        # checkpointing's `enable_input_require_grads` hook on the tower's patch embedding would make every tower
+        # activation require grad: kept for backward, recomputed, and back-propagated for nothing.
+        needs_grad = pixel_values.requires_grad or self.vision_tower_is_trainable()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
+            selected = self._vision_features(pixel_values)
+        return self.multi_modal_projector(selected)  # (num_images, image_seq_length, text_hidden_size)
+
+    def _vision_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """The tower's selected feature tokens `(num_images, image_seq_length, vision_hidden * num_layers)`."""
         if self.config.vision_config.model_type == "timm_wrapper":
             # CNN / timm backbones: the final feature map `(num_images, channels, h, w)` flattened row-major to tokens.
             feature_map = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
@@ -197,7 +285,7 @@ class LlavaModel(LlavaPreTrainedModel):
             ):
                 selected_layers = [layer[:, 1:] for layer in selected_layers]  # drop CLS
             selected = torch.cat(selected_layers, dim=-1)  # (num_images, image_seq_length, vision_hidden * layers)
-        return self.multi_modal_projector(selected)  # (num_images, image_seq_length, text_hidden_size)
+        return selected
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean mask `(batch_size, sequence_length)` of the `<image>` positions."""
@@ -208,6 +296,36 @@ class LlavaModel(LlavaPreTrainedModel):
         )
         return (inputs_embeds == image_embed).all(-1)
 
+    def check_image_token_count(self, special_image_mask: torch.Tensor, image_features: torch.Tensor | None) -> None:
+        """Raise when the `<image>` positions of `special_image_mask` do not match `image_features` one to one.
+
+        Eager: a `ValueError` with both counts (reading the count is one scalar copy to the host). Compiled or
+        exported: a device-side assertion (`torch._assert_async`), so the graph stays whole and the host never waits.
+        """
+        n_image_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        n_image_tokens = special_image_mask.sum()
+        if is_tracing(special_image_mask):
+            torch._assert_async(
+                n_image_tokens == n_image_features,
+                "Image features and image tokens do not match; run the model uncompiled to see both counts.",
+            )
+            return
+        n_image_tokens = int(n_image_tokens)
+        if n_image_tokens == n_image_features:
+            return
+        if image_features is None:
+            detail = "no pixel_values were passed"
+        else:
+            detail = (
+                f"{image_features.shape[0]} image(s) x {image_features.shape[1]} tokens). Each <image> must expand "
+                f"to config.image_seq_length={self.config.image_seq_length} tokens; build inputs with LlavaProcessor "
+                "and never truncate through an image"
+            )
+        raise ValueError(
+            f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: {n_image_features} "
+            f"({detail})."
+        )
+
     def merge_image_features(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
@@ -216,16 +334,8 @@ class LlavaModel(LlavaPreTrainedModel):
         Raises a `ValueError` that gives both counts when the number of `<image>` tokens differs from the number of
         image feature vectors (a wrong `image_seq_length`, a truncated prompt, or a missing image).
         """
-        special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-        n_image_tokens = int(special_image_mask.sum())
-        n_image_features = image_features.shape[0] * image_features.shape[1]
-        if n_image_tokens != n_image_features:
-            raise ValueError(
-                f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: "
-                f"{n_image_features} ({image_features.shape[0]} image(s) x {image_features.shape[1]} tokens). Each "
-                f"<image> must expand to config.image_seq_length={self.config.image_seq_length} tokens; build "
-                "inputs with LlavaProcessor and never truncate through an image."
-            )
+        special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)  # (batch_size, sequence_length)
+        self.check_image_token_count(special_image_mask, image_features)
         image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(
             inputs_embeds.device, inputs_embeds.dtype
         )
@@ -258,17 +368,9 @@ class LlavaModel(LlavaPreTrainedModel):
         if pixel_values is not None and pixel_values.shape[0] > 0:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        elif (
-            input_ids is not None
-            and (cache is None or cache.get_seq_length() == 0)  # decoding steps carry no images: skip the sync
-            and not torch.compiler.is_compiling()
-        ):
-            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_image_tokens:
-                raise ValueError(
-                    f"Image features and image tokens do not match: tokens: {n_image_tokens}, features: 0 "
-                    "(no pixel_values were passed)."
-                )
+        # Text only: no `<image>` token may be left. Decoding steps (a filled cache) carry no images: no check.
+        elif input_ids is not None and (cache is None or (not is_tracing(input_ids) and cache.get_seq_length() == 0)):
+            self.check_image_token_count(input_ids == self.config.image_token_id, None)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -385,6 +487,22 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_features=outputs.image_features,
         )
+
+
+def describe_attn_implementation(model: nn.Module) -> dict[str, str | None]:
+    """The attention implementation the language model and the vision tower of `model` actually run.
+
+    Read off the loaded sub-models' configs (after `"auto"`, transformers' fallbacks and any
+    `set_attn_implementation`), e.g. `{"language_model": "flash_attention_3", "vision_tower": "sdpa"}`. `model` may
+    be wrapped (PEFT); a model that is not llava_hf gives `{"model": ...}`.
+    """
+    llava = next((module for module in model.modules() if isinstance(module, LlavaModel)), None)
+    if llava is None:
+        return {"model": getattr(getattr(model, "config", None), "_attn_implementation", None)}
+    return {
+        "language_model": llava.language_model.config._attn_implementation,
+        "vision_tower": llava.vision_tower.config._attn_implementation,
+    }
 
 
 __all__ = ["LlavaForConditionalGeneration", "LlavaModel", "LlavaPreTrainedModel", "LlavaMultiModalProjector"]

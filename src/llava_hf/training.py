@@ -305,6 +305,8 @@ def save_stage_output(
         if not (is_peft and not model_args.merge_lora):  # an unmerged LoRA run keeps only its adapter
             trainer.accelerator.unwrap_model(model).save_pretrained(output_dir, safe_serialization=True)
         processor.save_pretrained(output_dir)
+        from .modeling_llava import describe_attn_implementation
+
         config = {
             "stage": model_args.stage,
             "model_args": asdict(model_args),
@@ -315,6 +317,8 @@ def save_stage_output(
             "log_history": trainer.state.log_history,
             # For the model card's recipe table (llava_hf.hub.cards): what the run ran on.
             "hardware": describe_hardware(trainer.args),
+            # What `attn_implementation` (e.g. "auto") became here, as the loaded language model and tower run it.
+            "attn_implementation": describe_attn_implementation(trainer.accelerator.unwrap_model(trainer.model)),
         }
         (output_dir / "llava_hf_training.json").write_text(json.dumps(config, indent=1, default=str))
     return output_dir
