@@ -7,8 +7,8 @@ Stage 1 (feature alignment, only the projector trains) and stage 2 (instruction 
 with LoRA) differ only in their YAML. Examples:
 
     # the offline quickstart's stages, on 2 CPU cores
-    accelerate launch --config_file recipes/accelerate/single.yaml recipes/sft.py --config recipes/offline/stage1.yaml
-    accelerate launch --config_file recipes/accelerate/single.yaml recipes/sft.py --config recipes/offline/stage2.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage1.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage2.yaml
 
     # LLaVA-1.5-7B on 8 GPUs (ZeRO-3)
     accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage1.yaml
@@ -28,12 +28,21 @@ from llava_hf.training import LlavaDataArguments, LlavaModelArguments
 def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, training_args: SFTConfig) -> None:
     from llava_hf.chat_templates import get_chat_template
     from llava_hf.data import LlavaDataCollator, load_llava_dataset
-    from llava_hf.training import load_model_for_stage, make_trainer_class, save_stage_output, validate_recipe
+    from llava_hf.data.collator import format_stats
+    from llava_hf.training import (
+        load_model_for_stage,
+        make_trainer_class,
+        resolve_precision,
+        save_stage_output,
+        validate_recipe,
+    )
 
-    validate_recipe(model_args, data_args)
+    validate_recipe(model_args, data_args, training_args)
+    resolve_precision(training_args)  # the recipe's bf16/fp16 run, whatever the launcher's mixed_precision says
 
-    # Model: stage 1 builds vision encoder + fresh projector + LM; stage 2 loads the stage-1 checkpoint.
-    model, processor = load_model_for_stage(model_args)
+    # Model: stage 1 builds vision encoder + fresh projector + LM; stage 2 loads the stage-1 checkpoint. `dtype: auto`
+    # loads float32 master weights (under DeepSpeed: the autocast dtype; DeepSpeed keeps the float32 copy).
+    model, processor = load_model_for_stage(model_args, training_args)
 
     # Dataset: LLaVA JSON -> TRL's conversational format (stage 1 keeps the caption only: `plain`).
     stage = "plain" if model_args.stage == "1" else "chat"
@@ -52,6 +61,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         max_length=training_args.max_length,
         truncation=data_args.truncation,
         chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
+        stats_in_batch=True,  # counted in dataloader workers, summed by the trainer
     )
 
     # Training: TRL's SFTTrainer with the assistant-only collator; no dataset preparation, columns kept.
@@ -69,7 +79,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         has_image=[bool(files) for files in dataset["image_files"]] if data_args.group_by_modality_length else None,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print(f"data: {report.summary()}; collator: {collator.report()}")
+    trainer.accelerator.print(f"data: {report.summary()}; collator: {format_stats(trainer.collator_stats)}")
     save_stage_output(trainer, model_args, data_args, processor)
     if push and trainer.is_world_process_zero():
         from llava_hf.hub import push_model

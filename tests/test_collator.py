@@ -174,3 +174,27 @@ def test_skip_policy_counts_skips():
     assert batch["input_ids"].shape[0] == 1
     assert collator.stats["skipped: longer than max_length"] == 2 and collator.stats["samples"] == 3
     assert "skipped: longer than max_length: 2" in collator.report()
+
+
+def test_stats_in_batch_carries_each_batch_own_counts():
+    # Dataloader workers count in their own copy of `stats`; the batch is what reaches the main process.
+    from llava_hf.data.collator import BATCH_STATS_KEY, STAT_KEYS
+
+    processor = LlavaModelTester().get_processor()
+    collator = LlavaDataCollator(processor, max_length=200, truncation="skip", stats_in_batch=True)
+    short = {
+        "id": "s",
+        "images": [],
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."}],
+    }
+    first = collator([_long_two_image_sample(), short, _long_two_image_sample()])
+    second = collator([short])
+    counts = [dict(zip(STAT_KEYS, batch[BATCH_STATS_KEY].tolist())) for batch in (first, second)]
+    assert counts[0] == {
+        "samples": 3,
+        "truncated": 0,
+        "skipped: longer than max_length": 2,
+        "skipped: no answer left after truncation": 0,
+    }
+    assert counts[1]["samples"] == 1 and sum(counts[1].values()) == 1  # this batch's counts, not the running total
+    assert BATCH_STATS_KEY not in LlavaDataCollator(processor)([short])  # opt-in: a plain forward never sees it

@@ -28,11 +28,17 @@ def save_trained(folder: Path, model_args: LlavaModelArguments, train_file: str,
     tester = LlavaModelTester()
     args = SFTConfig(output_dir=str(folder), report_to="none", use_cpu=True, bf16=False, **training)
     history = [{"loss": 3.0, "step": 1}, {"loss": 2.5, "step": 2}, {"train_runtime": 330.0, "train_loss": 2.75}]
+    model = tester.get_model()
     trainer = types.SimpleNamespace(
         args=args,
-        model=tester.get_model(),
+        model=model,
         state=types.SimpleNamespace(global_step=2, log_history=history),
-        accelerator=types.SimpleNamespace(unwrap_model=lambda model: model),
+        accelerator=types.SimpleNamespace(
+            unwrap_model=lambda model: model,
+            state=types.SimpleNamespace(mixed_precision="no"),
+            wait_for_everyone=lambda: None,
+        ),
+        save_model=model.save_pretrained,
         is_world_process_zero=lambda: True,
     )
     save_stage_output(trainer, model_args, LlavaDataArguments(train_files=[train_file]), tester.get_processor())

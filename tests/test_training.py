@@ -1,7 +1,9 @@
-"""recipes/sft.py through `accelerate launch`: stages, freezing, LoRA, bad recipes, NaN, resume, DDP."""
+"""recipes/sft.py through `accelerate launch`: stages, freezing, LoRA, bad recipes, NaN, resume, DDP, saving under
+ZeRO-3 and FSDP2, precision, the collator's counts."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from llava_hf.training import LlavaDataArguments, LlavaModelArguments, RecipeErr
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+SFT = ROOT / "recipes" / "sft.py"
+PROBE = ROOT / "tests" / "sft_probe.py"
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +65,42 @@ def _recipe(workspace: Path, name: str, **overrides) -> Path:
     return path
 
 
-def _command(config: Path, *extra: str, num_processes: int = 1) -> list[str]:
+def _command(
+    config: Path, *extra: str, num_processes: int = 1, script: Path = SFT, mixed_precision: str = "no"
+) -> list[str]:
     """`accelerate launch ... recipes/sft.py --config CONFIG` on the CPU; several processes: DDP over gloo.
 
     On a machine without GPUs `accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is set
     up (its simple launcher), so N > 1 goes through torchrun, the launcher accelerate itself uses for multi-GPU runs,
     with `ACCELERATE_USE_CPU` set (see `_launch`): accelerate then builds the same MULTI_CPU gloo state.
     """
-    script = [str(ROOT / "recipes" / "sft.py"), "--config", str(config), *extra]
+    script = [str(script), "--config", str(config), *extra]
     if num_processes > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)] + script
     launch = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    launch += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no", "--cpu"]
     return launch + script
 
 
-def _launch(config: Path, *extra: str, num_processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    command = _command(config, *extra, num_processes=num_processes)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    env |= {"ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+def _launch(
+    config: Path,
+    *extra: str,
+    num_processes: int = 1,
+    check: bool = True,
+    script: Path = SFT,
+    mixed_precision: str = "no",
+    env: dict[str, str | None] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `_command`; `env` adds variables (None: removes one)."""
+    command = _command(config, *extra, num_processes=num_processes, script=script, mixed_precision=mixed_precision)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    environment |= {"ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=ROOT)
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -327,3 +347,245 @@ def test_every_recipe_parses(recipe):
     )
     assert model_args.stage in ("1", "2") and data_args.train_files
     assert training_args.lr_scheduler_type == "cosine" and training_args.weight_decay == 0.0
+
+
+# -- saving from 2 processes: DDP, DeepSpeed ZeRO-3 and FSDP2, all on the CPU over gloo ---------------------------------
+
+ZERO3 = {
+    "zero_optimization": {
+        "stage": 3,
+        # Partition every weight, however small. By default ZeRO-3 keeps parameters under 100k elements whole on
+        # every process, which is all of a tiny model's: a save that forgot to gather would still look right.
+        "stage3_param_persistence_threshold": 0,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "train_batch_size": "auto",
+    "gradient_clipping": "auto",
+}
+
+
+def _distributed_setup(workspace: Path, setup: str) -> tuple[dict, dict]:
+    """`(recipe overrides, environment)` for 2 CPU processes under `setup`."""
+    if setup == "ddp":
+        return {}, {}
+    if setup == "zero3":
+        from conftest import require
+
+        require("deepspeed", import_it=False)
+        config = workspace / "zero3.json"
+        config.write_text(json.dumps(ZERO3))
+        # What `accelerate launch --config_file` passes for a DeepSpeed config (zero3.yaml with a config file), for
+        # DeepSpeed's CPU accelerator over gloo. accelerate skips DeepSpeed under ACCELERATE_USE_CPU, and a recipe's
+        # `deepspeed:` file does not work without an accelerator (accelerate then counts one process).
+        env = {
+            "ACCELERATE_USE_CPU": None,
+            "ACCELERATE_USE_DEEPSPEED": "true",
+            "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true",
+        }
+        return {"ddp_backend": "gloo"}, env | {"ACCELERATE_DEEPSPEED_CONFIG_FILE": str(config)}
+    if setup == "fsdp2":
+        fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+        fsdp_config["state_dict_type"] = "FULL_STATE_DICT"
+        return {"fsdp": "full_shard", "fsdp_config": fsdp_config}, {"LLAVA_HF_PROBE_FSDP_ON_CPU": "1"}
+    raise ValueError(setup)
+
+
+def _merged_by_hand(peft_state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A PeftModel's state dict merged: W + scaling * B @ A for each LoRA layer, the `modules_to_save` copy for the
+    projector, names as in the plain model."""
+    merged = {}
+    for key, value in peft_state.items():
+        if any(part in key for part in (".lora_A.", ".lora_B.", ".original_module.")):
+            continue
+        if key.endswith(".base_layer.weight"):
+            layer = key.removesuffix(".base_layer.weight")
+            value = value + scaling * (
+                peft_state[f"{layer}.lora_B.default.weight"] @ peft_state[f"{layer}.lora_A.default.weight"]
+            )
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        merged[name.replace(".modules_to_save.default.", ".")] = value
+    return merged
+
+
+@pytest.mark.parametrize(
+    "setup,lora",
+    # DDP without LoRA is test_ddp_two_processes_match_one.
+    [("ddp", True), ("zero3", False), ("zero3", True), ("fsdp2", False), ("fsdp2", True)],
+)
+def test_two_processes_save_the_trained_weights_once(workspace, stage1, setup, lora):
+    from transformers import AutoModelForImageTextToText
+
+    name = f"save-{setup}-{'lora' if lora else 'full'}"
+    probe = workspace / f"{name}-probe"
+    probe.mkdir()
+    overrides, env = _distributed_setup(workspace, setup)
+    overrides |= dict(
+        stage="2",
+        model_name_or_path=str(stage1),
+        vision_model=None,
+        language_model=None,
+        train_files=[str(workspace / "world" / "mcq_train.json")],
+        learning_rate=1e-2,
+    )
+    if lora:
+        overrides |= dict(use_lora=True, lora_r=4, lora_alpha=8, projector_lr=1e-2)
+    env["LLAVA_HF_PROBE_DIR"] = str(probe)
+    _launch(_recipe(workspace, name, **overrides), num_processes=2, script=PROBE, env=env)
+    output = workspace / name
+    record = json.loads((output / "llava_hf_training.json").read_text())
+    kind = {"ddp": "MULTI_CPU", "zero3": "DEEPSPEED", "fsdp2": "FSDP"}[setup]
+    assert record["hardware"]["distributed_type"] == kind and record["hardware"]["num_processes"] == 2
+
+    # What each process held when training ended (gathered by the probe), merged by hand for LoRA.
+    trained = [load_file(probe / f"trained-rank{rank}.safetensors") for rank in (0, 1)]
+    for key in trained[0]:
+        assert torch.equal(trained[0][key], trained[1][key]), key
+    expected = _merged_by_hand(trained[0], scaling=8 / 4) if lora else trained[0]
+
+    # The file: every tensor whole (ZeRO-3 leaves empty placeholders in a partitioned model).
+    saved = _weights(output)
+    assert all(tensor.numel() > 0 for tensor in saved.values()), [k for k, t in saved.items() if t.numel() == 0]
+    # Through the Auto classes (they map the file's names to the modules'): exactly the trained weights.
+    loaded = AutoModelForImageTextToText.from_pretrained(output).state_dict()
+    assert set(loaded) == set(expected)
+    start = AutoModelForImageTextToText.from_pretrained(stage1).state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=1e-6, msg=key)
+    moved = [key for key in expected if not torch.allclose(start[key], expected[key], rtol=0, atol=1e-5)]
+    assert any("language_model" in key for key in moved) and any("projector" in key for key in moved), moved
+
+    # Side files from the main process only, each once; the other process only joins the gathers. The remote code is
+    # llava_hf's (FSDP2 must not leave torch's files).
+    writes = [(probe / f"writes-rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert writes[1] == [], writes[1]
+    once = ["config.json", "processor_config.json", "llava_hf_training.json"]
+    once += ["adapter/adapter_config.json"] if lora else []
+    assert {file: writes[0].count(file) for file in once} == dict.fromkeys(once, 1), writes[0]
+    assert {"modeling_llava.py", "configuration_llava.py", "processing_llava.py"} <= set(writes[0]), writes[0]
+    config = json.loads((output / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_llava.LlavaForConditionalGeneration"
+    assert sorted(p.name for p in output.glob("*.py")) == [
+        "configuration_llava.py",
+        "modeling_llava.py",
+        "processing_llava.py",
+    ]
+
+
+# -- precision ---------------------------------------------------------------------------------------------------------
+
+
+def test_launch_configs_leave_precision_to_the_recipe():
+    for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
+        assert yaml.safe_load(path.read_text())["mixed_precision"] == "no", path.name
+
+
+def test_launcher_mixed_precision_does_not_override_the_recipe(workspace):
+    # single_gpu.yaml used to say bf16, which reached a float32 recipe as ACCELERATE_MIXED_PRECISION.
+    result = _launch(_recipe(workspace, "launcher-bf16"), mixed_precision="bf16")
+    assert "the recipe wins: training runs with mixed_precision 'no'" in result.stderr
+    record = json.loads((workspace / "launcher-bf16" / "llava_hf_training.json").read_text())
+    assert record["precision"]["mixed_precision"] == "no"
+    assert record["precision"]["trainable_parameters"] == ["float32"]
+
+
+def test_bf16_recipe_trains_float32_master_weights(workspace):
+    from transformers import AutoModelForCausalLM
+
+    # An LM stored in float16, like Vicuna: `dtype: auto` used to load it, and build the projector, in float16.
+    lm16 = workspace / "lm-fp16"
+    shutil.copytree(workspace / "lm", lm16, dirs_exist_ok=True)
+    AutoModelForCausalLM.from_pretrained(workspace / "lm", dtype=torch.float16).save_pretrained(lm16)
+    recipe = _recipe(workspace, "bf16", language_model=str(lm16), bf16=True, use_cpu=True)
+    _launch(recipe, mixed_precision="bf16")
+    precision = json.loads((workspace / "bf16" / "llava_hf_training.json").read_text())["precision"]
+    assert precision["mixed_precision"] == "bf16"
+    assert precision["trainable_parameters"] == precision["master_weights"] == ["float32"]
+    assert _weights(workspace / "bf16")["model.multi_modal_projector.linear_1.weight"].dtype == torch.float32
+
+
+def test_float16_weights_without_deepspeed_fail_before_training(workspace):
+    result = _launch(_recipe(workspace, "fp16-weights", dtype="float16"), check=False)
+    assert result.returncode != 0
+    assert "dtype: float16 loads the trainable parameters in float16, and without DeepSpeed" in result.stderr
+    assert "Use dtype: auto (float32 master weights)" in result.stderr
+    assert not (workspace / "fp16-weights").exists()
+
+
+def test_zero3_without_whole_weights_at_save_fails_before_training(tmp_path):
+    import types
+
+    train = tmp_path / "t.json"
+    train.write_text("[]")
+    # What TrainingArguments holds for zero3.yaml without `zero3_save_16bit_model: true`.
+    plugin = types.SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3}})
+    training_args = types.SimpleNamespace(deepspeed_plugin=plugin, bf16=True, fp16=False)
+    model_args = LlavaModelArguments(vision_model="v", language_model="l")
+    with pytest.raises(RecipeError, match="set zero3_save_16bit_model: true in the accelerate config"):
+        validate_recipe(model_args, LlavaDataArguments(train_files=[str(train)]), training_args)
+
+
+GPU_RECIPES = sorted(
+    str(p.relative_to(ROOT))
+    for folder in ("llava-v1", "llava-v1.5")
+    for p in (ROOT / "recipes" / folder).glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES)
+def test_gpu_recipes_train_float32_master_weights_under_bf16(recipe):
+    from trl import SFTConfig, TrlParser
+
+    from llava_hf.training import resolve_dtype
+
+    parser = TrlParser((LlavaModelArguments, LlavaDataArguments, SFTConfig))
+    # use_cpu only lets TrainingArguments accept bf16 here.
+    model_args, data_args, training_args = parser.parse_args_and_config(
+        args=["--config", str(ROOT / recipe), "--use_cpu", "true", "--output_dir", "/tmp/unused"]
+    )
+    assert training_args.bf16 and not training_args.fp16
+    # DDP / FSDP / one GPU: float32 weights under bf16 autocast (DeepSpeed keeps its own float32 copy).
+    assert resolve_dtype(model_args, training_args) == torch.float32
+
+
+# -- the collator's counts with dataloader workers -------------------------------------------------------------------
+
+
+def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, stage1):
+    from transformers import AutoProcessor
+
+    from llava_hf.data import LlavaDataCollator, load_llava_dataset
+
+    # 8 samples, each once: 2 processes x 2 per device x 2 steps, each process with 2 dataloader workers.
+    train = workspace / "world" / "instruct.json"  # multi-turn: a cut keeps the first answers
+    dataset, _ = load_llava_dataset([str(train)], str(workspace / "world" / "images"), stage="chat")
+    rows = list(dataset.select(range(8)))
+    processor = AutoProcessor.from_pretrained(stage1)
+    lengths = sorted(len(LlavaDataCollator(processor).encode(row)["input_ids"]) for row in rows)
+    max_length = lengths[3]  # the 4 longest samples (or more, on ties) are cut
+    expected = LlavaDataCollator(processor, max_length=max_length)
+    for row in rows:
+        expected.encode(row)
+    assert 0 < expected.stats["truncated"] < 8, expected.stats
+
+    recipe = _recipe(
+        workspace,
+        "workers",
+        stage="2",
+        model_name_or_path=str(stage1),
+        vision_model=None,
+        language_model=None,
+        train_files=[str(train)],
+        max_train_samples=8,
+        max_steps=-1,
+        num_train_epochs=1,
+        max_length=max_length,
+        dataloader_num_workers=2,
+    )
+    result = _launch(recipe, num_processes=2)
+    record = json.loads((workspace / "workers" / "llava_hf_training.json").read_text())
+    assert {key: value for key, value in record["collator"].items() if value} == dict(expected.stats)
+    logged = sum(row.get("collator/truncated", 0) for row in record["log_history"])
+    assert logged == expected.stats["truncated"]
+    assert f"truncated: {expected.stats['truncated']}" in result.stdout

@@ -7,12 +7,20 @@ Stages (LLaVA, Liu et al. 2023, section 4.2):
 - **Stage 2, instruction tuning**: starts from the stage-1 checkpoint. The projector and the LM train (the vision
   tower stays frozen), fully or with LoRA on the LM's linear layers (the projector then trains fully, as a
   `modules_to_save` module, with its own learning rate).
+
+Precision: the recipe decides. `bf16` / `fp16` in the YAML choose the autocast (a launcher's `mixed_precision` that
+disagrees is overridden, with a warning), and `dtype: auto` loads float32 weights, so that AdamW updates float32
+master weights; only under DeepSpeed, whose optimizer keeps its own float32 master copy, does `auto` load in the
+autocast dtype.
 """
 
 import json
 import logging
 import math
+import os
 import random
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("1", "2")
 OFFLINE_DEFAULT = "offline-default"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -48,7 +57,14 @@ class LlavaModelArguments:
         default="vicuna_v1", metadata={"help": "The checkpoint's chat template: vicuna_v1, chatml or a .jinja path."}
     )
     attn_implementation: str = field(default="auto", metadata={"help": "auto (FA2 on CUDA if installed, else sdpa)."})
-    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32 for loading."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype the weights load in: auto (float32 master weights; under DeepSpeed the bf16/fp16 of the "
+            "recipe, DeepSpeed keeping the float32 copy), float32, bfloat16 (pure bf16 training) or float16 "
+            "(DeepSpeed only)."
+        },
+    )
     use_lora: bool = field(default=False, metadata={"help": "Stage 2: LoRA on the LM's linear layers."})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5: 128)."})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (LLaVA-1.5: 256)."})
@@ -83,10 +99,25 @@ class RecipeError(ValueError):
     """A recipe that cannot run; raised before any training step."""
 
 
-def validate_recipe(model_args: LlavaModelArguments, data_args: LlavaDataArguments) -> None:
-    """Fail fast, before loading anything heavy, on recipes that cannot be right."""
+def validate_recipe(
+    model_args: LlavaModelArguments, data_args: LlavaDataArguments, training_args: Any | None = None
+) -> None:
+    """Fail fast, before loading anything heavy, on recipes that cannot be right (`training_args`: the SFTConfig,
+    for the checks that depend on how the run is launched)."""
     if model_args.stage not in STAGES:
         raise RecipeError(f"stage must be one of {list(STAGES)}, got {model_args.stage!r}.")
+    if model_args.dtype not in DTYPES:
+        raise RecipeError(f"dtype must be one of {list(DTYPES)}, got {model_args.dtype!r}.")
+    if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
+        raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
+    if training_args is not None and uses_deepspeed(training_args):
+        zero = training_args.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+            raise RecipeError(
+                "ZeRO-3 without stage3_gather_16bit_weights_on_model_save cannot write the trained weights whole at "
+                "the end (only DeepSpeed's partitioned checkpoint); set zero3_save_16bit_model: true in the "
+                "accelerate config (recipes/accelerate/zero3.yaml does), or the key in the DeepSpeed JSON."
+            )
     if model_args.stage == "1":
         if model_args.model_name_or_path:
             raise RecipeError(
@@ -121,14 +152,83 @@ def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/")) and not Path(path).parent.exists()
 
 
-def _dtype(name: str) -> torch.dtype | str:
-    return name if name == "auto" else getattr(torch, name)
+FLOAT16_WITHOUT_MASTER_COPY = (
+    "{what} in float16, and without DeepSpeed nothing keeps a float32 master copy: AdamW's updates round away and "
+    "activations overflow within steps. Use dtype: auto (float32 master weights) with fp16: true or bf16: true for "
+    "mixed precision, or launch under DeepSpeed (recipes/accelerate/zero2.yaml or zero3.yaml)."
+)
 
 
-def load_model_for_stage(model_args: LlavaModelArguments):
-    """`(model, processor)` with `requires_grad` set for the stage; the vision tower is always frozen."""
+def uses_deepspeed(training_args: Any) -> bool:
+    """Whether the run trains under DeepSpeed (a `deepspeed` config in the recipe or an accelerate DeepSpeed launch)."""
+    return getattr(training_args, "deepspeed_plugin", None) is not None
+
+
+def resolve_dtype(model_args: LlavaModelArguments, training_args: Any | None = None) -> torch.dtype:
+    """The dtype the weights load in for training.
+
+    `auto` is float32: the optimizer then updates float32 master weights while `bf16` / `fp16` autocast the compute
+    (a checkpoint stored in float16, like Vicuna's, is upcast). Under DeepSpeed, which casts the model to the
+    autocast dtype itself and keeps float32 master weights in its optimizer, `auto` loads in that dtype instead.
+    """
+    if model_args.dtype != "auto":
+        return getattr(torch, model_args.dtype)
+    if training_args is not None and uses_deepspeed(training_args):
+        return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    return torch.float32
+
+
+def check_trainable_dtypes(model: torch.nn.Module, training_args: Any) -> None:
+    """Refuse float16 trainable parameters without DeepSpeed's float32 master copy (a checkpoint or backbone that
+    forced float16 on a module)."""
+    if uses_deepspeed(training_args):
+        return
+    half = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+    if half:
+        raise RecipeError(
+            FLOAT16_WITHOUT_MASTER_COPY.format(what=f"{len(half)} trainable parameters ({half[0]}, ...) are")
+        )
+
+
+def resolve_precision(training_args: Any) -> str:
+    """Make the recipe's `bf16` / `fp16` the mixed precision that runs, and return it ("bf16", "fp16" or "no").
+
+    `accelerate launch` passes its config's `mixed_precision` as ACCELERATE_MIXED_PRECISION, which TrainingArguments
+    uses whenever the recipe sets neither `bf16` nor `fp16`: a float32 recipe would silently train under bf16
+    autocast. Here the recipe wins, with a warning naming both.
+    """
+    recipe = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher != recipe:
+        if training_args.process_index == 0:
+            logger.warning(
+                "The launcher asks for mixed_precision %r (ACCELERATE_MIXED_PRECISION, from the accelerate config or "
+                "--mixed_precision) but the recipe says bf16: %s, fp16: %s; the recipe wins: training runs with "
+                "mixed_precision %r. Set bf16 or fp16 in the recipe (or --bf16 true) to change it.",
+                launcher,
+                training_args.bf16,
+                training_args.fp16,
+                recipe,
+            )
+        os.environ["ACCELERATE_MIXED_PRECISION"] = recipe
+    training_args.mixed_precision = recipe  # what the Trainer's Accelerator is built with
+    if training_args.deepspeed_plugin is not None:  # its config was filled from the environment at parse time
+        config = training_args.deepspeed_plugin.deepspeed_config
+        for key in ("bf16", "fp16"):
+            config.setdefault(key, {})["enabled"] = key == recipe
+    return recipe
+
+
+def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | None = None):
+    """`(model, processor)` with `requires_grad` set for the stage; the vision tower is always frozen.
+
+    The weights load in `resolve_dtype(model_args, training_args)`; without `training_args`, as for one process
+    without DeepSpeed.
+    """
     from .builder import build_llava_from_pretrained
     from .chat_templates import TEMPLATE_NAMES
+
+    dtype = resolve_dtype(model_args, training_args)
 
     template = model_args.chat_template
     if template not in TEMPLATE_NAMES and template.endswith(".jinja"):
@@ -142,10 +242,10 @@ def load_model_for_stage(model_args: LlavaModelArguments):
                 chat_template=template,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 attn_implementation=model_args.attn_implementation,
+                dtype=dtype,
                 seed=model_args.seed_projector,
             )
         else:
-            dtype = None if model_args.dtype == "auto" else _dtype(model_args.dtype)
             model, processor = build_llava_from_pretrained(
                 model_args.vision_model,
                 model_args.language_model,
@@ -161,14 +261,14 @@ def load_model_for_stage(model_args: LlavaModelArguments):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model = AutoModelForImageTextToText.from_pretrained(
-            model_args.model_name_or_path,
-            dtype=_dtype(model_args.dtype),
-            attn_implementation=model_args.attn_implementation,
+            model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
         )
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     set_trainable(model, model_args.stage)
     if model_args.stage == "2" and model_args.use_lora:
         model = apply_lora(model, model_args)
+    if training_args is not None:
+        check_trainable_dtypes(model, training_args)
     return model, processor
 
 
@@ -240,16 +340,30 @@ class ModalityGroupedSampler(Sampler[int]):
 
 
 def make_trainer_class():
-    """`LlavaSFTTrainer`: TRL's SFTTrainer + a NaN/inf guard, a projector learning rate and modality grouping."""
+    """`LlavaSFTTrainer`: TRL's SFTTrainer + a NaN/inf guard, a projector learning rate, modality grouping, the
+    collator's counts summed in the main process, and saving that keeps llava_hf's remote code under FSDP2."""
     from trl import SFTTrainer
+
+    from .data.collator import BATCH_STATS_KEY, STAT_KEYS
 
     class LlavaSFTTrainer(SFTTrainer):
         def __init__(self, *args, projector_lr: float | None = None, has_image: list[bool] | None = None, **kwargs):
             self.projector_lr = projector_lr
             self.has_image = has_image
+            # The collator's counts (`stats_in_batch`), summed over steps and processes: the whole run, and since
+            # the last log.
+            self.collator_stats: Counter = Counter()
+            self._collator_stats_unlogged: Counter = Counter()
             super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            counts = inputs.pop(BATCH_STATS_KEY, None)  # not a forward argument
+            if counts is not None:
+                # Every process runs each step, so this small all-reduce cannot leave one process waiting.
+                counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum")
+                step = Counter(dict(zip(STAT_KEYS, counts.tolist())))
+                self.collator_stats.update(step)
+                self._collator_stats_unlogged.update(step)
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():
                 raise FloatingPointError(
@@ -257,6 +371,27 @@ def make_trainer_class():
                     "Lower the learning rate, check the data (llava-hf data check), or train in float32/bfloat16."
                 )
             return loss
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(BATCH_STATS_KEY, None)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            # A training log (it has the loss): with it, what the collator cut since the last one.
+            if "loss" in logs and self._collator_stats_unlogged:
+                counts = self._collator_stats_unlogged
+                logs["collator/truncated"] = counts["truncated"]
+                logs["collator/skipped"] = sum(v for k, v in counts.items() if k.startswith("skipped"))
+                counts.clear()
+            super().log(logs, start_time)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            # FSDP2 turns the model's class into a generated `FSDP<Class>` defined in torch; `save_pretrained` would
+            # then copy torch's FSDP files as the checkpoint's remote code and name that class in `auto_map`. Save
+            # as the model's own class (the state dict is already gathered).
+            model = self.accelerator.unwrap_model(self.model)
+            with _own_class(model):
+                super()._save(output_dir, state_dict=state_dict)
 
         def _get_train_sampler(self, *args, **kwargs):
             if self.has_image is not None:
@@ -287,27 +422,54 @@ def make_trainer_class():
     return LlavaSFTTrainer
 
 
+@contextmanager
+def _own_class(model: torch.nn.Module):
+    """Within the block, an FSDP2-sharded model has its own class back (`FSDPLlavaForConditionalGeneration` ->
+    `LlavaForConditionalGeneration`); other models are left alone."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(base for base in cls.__bases__ if base is not FSDPModule)
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
 def save_stage_output(
     trainer: Any, model_args: LlavaModelArguments, data_args: LlavaDataArguments, processor: Any
 ) -> Path:
-    """Write a complete llava_hf checkpoint (model, processor, remote code, training config) to `output_dir`.
+    """Write a complete llava_hf checkpoint (model, processor, remote code, training record) to `output_dir`.
 
     With LoRA, the adapter goes to `output_dir/adapter` and, when `merge_lora`, the merged model to `output_dir`.
+
+    Every process must call this. The weights are saved through `trainer.save_model`, which gathers ZeRO-3
+    partitions (16-bit, `stage3_gather_16bit_weights_on_model_save`) and FSDP shards, collectives every process joins,
+    and writes once, on the main process: the weights, the config with `auto_map` and the modeling code (llava_hf's
+    classes are registered for the Auto classes, so `save_pretrained` copies their files). The LoRA merge, the
+    processor and the record are written on the main process only; the merge reloads the saved adapter onto a fresh
+    copy of the base model, so it never sees partitioned or sharded weights.
     """
     output_dir = Path(trainer.args.output_dir)
-    model = trainer.model
-    is_peft = hasattr(model, "merge_and_unload")
-    if is_peft:
-        model.save_pretrained(output_dir / "adapter")
-        if model_args.merge_lora:
-            model = model.merge_and_unload()
-    if trainer.is_world_process_zero():
-        if not (is_peft and not model_args.merge_lora):  # an unmerged LoRA run keeps only its adapter
-            trainer.accelerator.unwrap_model(model).save_pretrained(output_dir, safe_serialization=True)
-        processor.save_pretrained(output_dir)
+    is_peft = hasattr(trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload")
+    fsdp_plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if fsdp_plugin is not None:  # the Trainer saves no weights at all from a sharded state dict
+        fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    weights_dir = output_dir / "adapter" if is_peft else output_dir
+    trainer.save_model(str(weights_dir))  # with the processor, when it is the trainer's `processing_class`
+    if trainer.args.should_save:
+        if is_peft and model_args.merge_lora:
+            merge_lora_adapter(
+                model_args.model_name_or_path, weights_dir, output_dir, resolve_dtype(model_args, trainer.args)
+            )
+        if is_peft or getattr(trainer, "processing_class", None) is not processor:
+            processor.save_pretrained(output_dir)
         from .modeling_llava import describe_attn_implementation
 
-        config = {
+        record = {
             "stage": model_args.stage,
             "model_args": asdict(model_args),
             "data_args": asdict(data_args),
@@ -319,9 +481,56 @@ def save_stage_output(
             "hardware": describe_hardware(trainer.args),
             # What `attn_implementation` (e.g. "auto") became here, as the loaded language model and tower run it.
             "attn_implementation": describe_attn_implementation(trainer.accelerator.unwrap_model(trainer.model)),
+            "precision": describe_precision(trainer),
+            # Summed over dataloader workers and processes (LlavaSFTTrainer); None from a trainer that does not count.
+            "collator": dict(trainer.collator_stats) if hasattr(trainer, "collator_stats") else None,
         }
-        (output_dir / "llava_hf_training.json").write_text(json.dumps(config, indent=1, default=str))
+        (output_dir / "llava_hf_training.json").write_text(json.dumps(record, indent=1, default=str))
+    trainer.accelerator.wait_for_everyone()  # no process returns before the checkpoint is complete
     return output_dir
+
+
+def merge_lora_adapter(base: str, adapter_dir: Path, output_dir: Path, dtype: torch.dtype) -> None:
+    """Load `base` (the stage-1 checkpoint) and the saved adapter in float32 in this process alone, merge, and save
+    the merged model in `dtype` to `output_dir`."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    with _without_zero3_init():  # one process loading alone must not partition (and wait for the others)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.to(dtype).save_pretrained(output_dir)
+
+
+@contextmanager
+def _without_zero3_init():
+    """Within the block, `from_pretrained` loads whole weights even in a ZeRO-3 run (transformers partitions every
+    weight it loads while a ZeRO-3 config is registered)."""
+    from transformers.integrations import deepspeed
+
+    registered = deepspeed._hf_deepspeed_config_weak_ref  # no public getter; restored below
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def describe_precision(trainer: Any) -> dict[str, Any]:
+    """The precision that ran: the mixed precision of the Trainer's accelerator ("no", "bf16", "fp16"; DeepSpeed's
+    own under DeepSpeed) and the dtypes the trainable and frozen parameters were kept in."""
+    dtypes: dict[bool, set[str]] = {True: set(), False: set()}
+    for parameter in trainer.accelerator.unwrap_model(trainer.model).parameters():
+        dtypes[parameter.requires_grad].add(str(parameter.dtype).removeprefix("torch."))
+    deepspeed = uses_deepspeed(trainer.args)
+    return {
+        "mixed_precision": trainer.accelerator.state.mixed_precision,
+        "trainable_parameters": sorted(dtypes[True]),
+        "frozen_parameters": sorted(dtypes[False]),
+        # What the optimizer updates: DeepSpeed keeps float32 copies of 16-bit parameters; otherwise the parameters.
+        "master_weights": ["float32"] if deepspeed else sorted(dtypes[True]),
+        "deepspeed": deepspeed,
+    }
 
 
 def describe_hardware(args: Any) -> dict[str, Any]:

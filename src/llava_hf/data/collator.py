@@ -8,6 +8,11 @@ Unlike the original code, which set a whole sample's labels to -100 on a "tokeni
 nothing, a sample whose answers cannot be located is an error naming the sample. Over-long samples are truncated in
 text only (never through an image's tokens; images whose tokens fall past the cut are dropped with them) or skipped,
 and every truncation and skip is counted in `collator.stats`.
+
+`collator.stats` counts in the process that runs the collator: with `dataloader_num_workers > 0` that is a worker,
+whose copy the main process never sees. With `stats_in_batch=True` each batch also carries its own counts
+(`batch["collator_stats"]`, in `STAT_KEYS` order), which `LlavaSFTTrainer` pops before the forward and sums over
+steps and processes.
 """
 
 import logging
@@ -22,6 +27,9 @@ from .images import DEFAULT_MAX_PIXELS, load_image
 logger = logging.getLogger(__name__)
 
 TRUNCATION_POLICIES = ("text", "skip")
+# What `stats` counts, in the order of a batch's `collator_stats` tensor.
+STAT_KEYS = ("samples", "truncated", "skipped: longer than max_length", "skipped: no answer left after truncation")
+BATCH_STATS_KEY = "collator_stats"
 
 
 class LabelError(ValueError):
@@ -54,6 +62,8 @@ class LlavaDataCollator:
         max_pixels: decompression-bomb guard for each image.
         chat_template: a Jinja template used instead of the processor's (e.g. `plain` for stage 1, while the
             checkpoint keeps its chat template for inference).
+        stats_in_batch: also return the batch's counts as `batch["collator_stats"]` (`torch.LongTensor` of shape
+            `(len(STAT_KEYS),)`), for a trainer that removes them before the forward (`LlavaSFTTrainer` does).
     """
 
     processor: Any
@@ -62,6 +72,7 @@ class LlavaDataCollator:
     pad_to_multiple_of: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     chat_template: str | None = None  # overrides the processor's (stage 1 trains with `plain`)
+    stats_in_batch: bool = False
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -126,6 +137,7 @@ class LlavaDataCollator:
 
     # -- a batch -------------------------------------------------------------------------------------------------
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        before = Counter(self.stats)
         encoded = [e for e in (self.encode(example) for example in examples) if e is not None]
         if not encoded:
             raise ValueError(
@@ -151,11 +163,18 @@ class LlavaDataCollator:
         pixel_values = [p for p in pixel_values if p.shape[0] > 0]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values)
+        if self.stats_in_batch:
+            batch[BATCH_STATS_KEY] = torch.tensor([self.stats[key] - before[key] for key in STAT_KEYS])
         return batch
 
     def report(self) -> str:
-        """One line: samples seen, truncated and skipped by reason."""
-        return ", ".join(f"{key}: {value}" for key, value in sorted(self.stats.items())) or "no samples"
+        """One line: samples seen, truncated and skipped by reason (as counted in this process)."""
+        return format_stats(self.stats)
+
+
+def format_stats(stats: dict[str, int]) -> str:
+    """`stats` (a collator's counts) as one line: samples seen, truncated and skipped by reason."""
+    return ", ".join(f"{key}: {value}" for key, value in sorted(stats.items()) if value) or "no samples"
 
 
 def _image_starts(runs: list[tuple[int, int]], image_seq_length: int) -> list[int]:
