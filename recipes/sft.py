@@ -29,6 +29,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     from llava_hf.chat_templates import get_chat_template
     from llava_hf.data import LlavaDataCollator, load_llava_dataset
     from llava_hf.data.collator import format_stats
+    from llava_hf.grounding import ImageGainCallback, hold_out_rows, write_training_curves
     from llava_hf.training import (
         load_model_for_stage,
         make_trainer_class,
@@ -52,6 +53,8 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         stage=stage,
         on_error="skip" if data_args.skip_bad_records else "raise",
     )
+    # The grounding meter's rows (image_gain in the logs): grounding_files, or the last rows with an image, held out.
+    dataset, held_out = hold_out_rows(dataset, data_args, stage, "skip" if data_args.skip_bad_records else "raise")
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     # Images are opened by the collator (errors name the sample), not decoded by datasets.
@@ -78,9 +81,14 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         projector_lr=model_args.projector_lr,
         has_image=[bool(files) for files in dataset["image_files"]] if data_args.group_by_modality_length else None,
     )
+    if data_args.grounding_samples:
+        ImageGainCallback(held_out, collator, steps=data_args.grounding_steps).attach(trainer)
+    trainer.accelerator.print(f"grounding meter: {held_out.describe()}")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print(f"data: {report.summary()}; collator: {format_stats(trainer.collator_stats)}")
     save_stage_output(trainer, model_args, data_args, processor)
+    if trainer.is_world_process_zero():
+        write_training_curves(training_args.output_dir)  # training_curves.png, shown in the model card
     if push and trainer.is_world_process_zero():
         from llava_hf.hub import push_model
 

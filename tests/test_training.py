@@ -153,6 +153,12 @@ def test_stage1_trains_only_the_projector(workspace, stage1):
     )
     log = json.loads((stage1 / "llava_hf_training.json").read_text())
     assert log["stage"] == "1" and log["global_step"] == 2
+    # The grounding meter, on by default: at train begin and with each training log, on rows held out of training
+    # (14 caption pairs: a quarter, 3, held out), drawn for the model card.
+    assert [e["step"] for e in log["log_history"] if "image_gain" in e] == [0, 1, 2]
+    assert all("image_gain_shuffled" in e for e in log["log_history"] if "loss" in e)
+    assert log["grounding"]["samples"] == 3 and log["grounding"]["removed_from_training"] == 3
+    assert (stage1 / "training_curves.png").is_file()
 
 
 def test_stage2_keeps_the_vision_tower_and_trains_the_lm(workspace, stage1):
@@ -165,8 +171,11 @@ def test_stage2_keeps_the_vision_tower_and_trains_the_lm(workspace, stage1):
         language_model=None,
         train_files=[str(workspace / "world" / "instruct.json")],
         learning_rate=1e-3,
+        grounding_samples=0,
     )
     _launch(recipe)
+    record = json.loads((workspace / "stage2" / "llava_hf_training.json").read_text())
+    assert record["grounding"] is None and not any("image_gain" in e for e in record["log_history"])  # meter off
     before, after = _weights(stage1), _weights(workspace / "stage2")
     for key in _group(before, "vision_tower"):
         assert torch.equal(before[key], after[key]), key
@@ -437,6 +446,8 @@ def test_two_processes_save_the_trained_weights_once(workspace, stage1, setup, l
     record = json.loads((output / "llava_hf_training.json").read_text())
     kind = {"ddp": "MULTI_CPU", "zero3": "DEEPSPEED", "fsdp2": "FSDP"}[setup]
     assert record["hardware"]["distributed_type"] == kind and record["hardware"]["num_processes"] == 2
+    # The grounding meter measured in every process, in step (a ZeRO-3 or FSDP forward needs them all).
+    assert [e["step"] for e in record["log_history"] if "image_gain" in e] == [0, 1, 2]
 
     # What each process held when training ended (gathered by the probe), merged by hand for LoRA.
     trained = [load_file(probe / f"trained-rank{rank}.safetensors") for rank in (0, 1)]

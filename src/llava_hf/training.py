@@ -93,6 +93,23 @@ class LlavaDataArguments:
         default=False, metadata={"help": "Batches of image samples and of text-only samples, as LLaVA-1.5."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples."})
+    grounding_samples: int = field(
+        default=16,
+        metadata={
+            "help": "Held-out rows with an image for the grounding meter (image_gain in the logs; llava_hf.grounding); "
+            "0 turns it off."
+        },
+    )
+    grounding_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "LLaVA JSON/JSONL file(s) the meter's rows come from (default: the training data's last rows with "
+            "an image, which are then not trained on)."
+        },
+    )
+    grounding_steps: int | None = field(
+        default=None, metadata={"help": "Measure every N optimizer steps, at a training log (default: logging_steps)."}
+    )
 
 
 class RecipeError(ValueError):
@@ -146,6 +163,15 @@ def validate_recipe(
             raise RecipeError(f"train file {path!r} not found.")
     if data_args.truncation not in ("text", "skip"):
         raise RecipeError(f"truncation must be 'text' or 'skip', got {data_args.truncation!r}.")
+    if data_args.grounding_samples < 0:
+        raise RecipeError(
+            f"grounding_samples must be >= 0 (0: no grounding meter), got {data_args.grounding_samples}."
+        )
+    if data_args.grounding_steps is not None and data_args.grounding_steps < 1:
+        raise RecipeError(f"grounding_steps must be >= 1 (or unset: logging_steps), got {data_args.grounding_steps}.")
+    for path in data_args.grounding_files:
+        if not Path(path).is_file():
+            raise RecipeError(f"grounding file {path!r} not found.")
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -467,6 +493,7 @@ def save_stage_output(
             )
         if is_peft or getattr(trainer, "processing_class", None) is not processor:
             processor.save_pretrained(output_dir)
+        from .grounding import grounding_record
         from .modeling_llava import describe_attn_implementation
 
         record = {
@@ -484,6 +511,8 @@ def save_stage_output(
             "precision": describe_precision(trainer),
             # Summed over dataloader workers and processes (LlavaSFTTrainer); None from a trainer that does not count.
             "collator": dict(trainer.collator_stats) if hasattr(trainer, "collator_stats") else None,
+            # The grounding meter's rows and first / last image_gain (llava_hf.grounding); None without the meter.
+            "grounding": grounding_record(trainer),
         }
         (output_dir / "llava_hf_training.json").write_text(json.dumps(record, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()  # no process returns before the checkpoint is complete

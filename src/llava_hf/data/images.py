@@ -82,6 +82,12 @@ def load_image(
         raise ImageError(f"{where}: cannot decode {path}: {error}") from error
 
 
+def blank_like(image: Image.Image) -> Image.Image:
+    """A grey RGB image of `image`'s size: the blank that stands in for an image in blind baselines (`llava-hf eval`)
+    and in the grounding meter (`llava_hf.grounding`)."""
+    return Image.new("RGB", image.size, (128, 128, 128))
+
+
 def image_problem(source: Any, where: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str] | None:
     """`(kind, message)` for an unusable image, `(kind, note)` for one that loads only after conversion, else None."""
     path = Path(source["path"] if isinstance(source, dict) else source)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..data.collator import clean_message
-from ..data.images import load_image
+from ..data.images import blank_like, load_image
 from ..data.llava_format import _split_at_images, iter_llava_file
 from ..data.scienceqa import LETTER_PROMPT
 
@@ -120,10 +119,6 @@ def answered_ids(answers_file: str | Path) -> set[str]:
     return ids
 
 
-def _blank_like(image: Image.Image) -> Image.Image:
-    return Image.new("RGB", image.size, (128, 128, 128))
-
-
 @torch.no_grad()
 def run_inference(
     model: Any,
@@ -169,7 +164,7 @@ def run_inference(
                 prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
                 for index, image in enumerate(question.images):
                     loaded = load_image(image, f"question {question.question_id!r} image {index}")
-                    images.append(_blank_like(loaded) if blank_images else loaded)
+                    images.append(blank_like(loaded) if blank_images else loaded)
             inputs = processor(
                 images=images or None, text=prompts, padding=True, padding_side="left", return_tensors="pt"
             ).to(model.device)

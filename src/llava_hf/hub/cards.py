@@ -258,6 +258,22 @@ def _final_loss(log_history: list[dict[str, Any]]) -> str:
     return "not recorded"
 
 
+def _image_gain(record: dict[str, Any]) -> str:
+    """The grounding meter's last `image_gain` (blank image) and `image_gain_shuffled`, and its first ones."""
+    measured = [e for e in record.get("log_history") or [] if isinstance(e.get("image_gain"), (int, float))]
+    if not measured:
+        return "not measured"
+
+    def pair(entry: dict[str, Any]) -> str:
+        text = f"{entry['image_gain']:+.3f} blank"
+        if isinstance(entry.get("image_gain_shuffled"), (int, float)):
+            text += f", {entry['image_gain_shuffled']:+.3f} shuffled"
+        return text
+
+    first, last = measured[0], measured[-1]
+    return f"{pair(last)} at step {last.get('step', '?')} (step {first.get('step', '?')}: {pair(first)})"
+
+
 def _logged(record: dict[str, Any], key: str) -> Any:
     """The last value of `key` in the run's log history (the Trainer logs `train_runtime` once, at the end)."""
     for entry in reversed(record.get("log_history") or []):
@@ -338,6 +354,7 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
         "hardware": hardware,
         "training time": _duration(record.get("train_runtime_s") or _logged(record, "train_runtime")),
         "final training loss": _final_loss(record.get("log_history")),
+        "image gain (nats / token)": _image_gain(record),
     }
 
 
@@ -443,6 +460,22 @@ def _limitations(arch: dict[str, Any], history: list[dict[str, Any]], results: l
     return items
 
 
+def _training_curves(model_dir: Path, history: list[dict[str, Any]]) -> dict[str, str] | None:
+    """`{"file", "guide"}` for the checkpoint's `training_curves.png` (loss and image gain per stage), drawn now from
+    `history` when the recipe did not write it; None when there is nothing to draw."""
+    from ..grounding import CURVES_FILE, CURVES_GUIDE, plot_training_curves
+
+    path = model_dir / CURVES_FILE
+    if not path.is_file():
+        try:
+            if not history or plot_training_curves(history, path) is None:
+                return None
+        except OSError as error:  # a read-only checkpoint folder: the card goes without the plot
+            logger.warning("cannot write %s (%s); the card has no training curves.", path, error)
+            return None
+    return {"file": CURVES_FILE, "guide": CURVES_GUIDE}
+
+
 def model_card_context(
     model_dir: str | Path,
     repo_id: str,
@@ -507,6 +540,7 @@ def model_card_context(
         "arch": arch,
         "stages": [{"stage": s, "label": f"stage {s}"} for s in stages],
         "recipe_rows": recipe_rows(history),
+        "curves": _training_curves(model_dir, history),
         "evaluations": evaluation_rows(model_index, results),
         "limitations": _limitations(arch, history, results),
     }
