@@ -67,6 +67,8 @@ def test_shapes_with_the_blind_baseline(tmp_path, checkpoint, capsys):
     n_questions = len(json.loads((tmp_path / "world" / "mcq_test.json").read_text()))
     assert metrics["count"] == n_questions > 0
     assert metrics["gap"] == pytest.approx(metrics["accuracy"] - metrics["blind_accuracy"])
+    records = json.loads((tmp_path / "world" / "mcq_test.json").read_text())
+    assert metrics["chance"] == pytest.approx(100 * sum(1 / r["num_choices"] for r in records) / len(records))
     for name in ("answers.jsonl", "answers_blind.jsonl"):
         rows = [json.loads(line) for line in (tmp_path / "out" / name).read_text().splitlines()]
         assert len(rows) == n_questions

@@ -64,6 +64,21 @@ def test_symbolic_context_layout_matches_the_paper(world):
     assert set(row) == set(reference) and set(row["instances"][0]) == set(reference["instances"][0])
 
 
+def test_blind_guessing_scores_chance_on_every_question_kind():
+    # A blind model can only learn which option values win; each value must win as often as any other, per kind.
+    from collections import Counter
+
+    seen, won = Counter(), Counter()
+    for index in range(1500):
+        for q in questions(generate_scene(5, index)):
+            for position, choice in enumerate(q["choices"]):
+                seen[q["kind"], choice] += 1
+                won[q["kind"], choice] += position == q["answer"]
+    for kind in ("color", "shape", "count", "position"):
+        rates = {value: won[k, value] / n for (k, value), n in seen.items() if k == kind}
+        assert max(rates.values()) - min(rates.values()) < 0.1, (kind, rates)
+
+
 def test_multiple_choice_answers_are_true():
     for index in range(50):
         scene = generate_scene(11, index)

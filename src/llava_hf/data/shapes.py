@@ -271,8 +271,13 @@ def complex_reasoning(scene: Scene) -> tuple[str, str]:
     )
 
 
-def questions(scene: Scene) -> list[dict[str, Any]]:
-    """Multiple-choice questions with known answers: colour, shape, count, relative position."""
+def questions(scene: Scene, max_objects: int = 4) -> list[dict[str, Any]]:
+    """Multiple-choice questions with known answers: colour, shape, count, relative position.
+
+    Every kind is balanced so that a model that does not look at the image scores chance: the right answer is uniform
+    over its values and the wrong options are drawn from the same values (a count's options stay within
+    1..`max_objects`, the counts a scene can have; a "5" that is never right would let a blind model beat chance).
+    """
     rng = random.Random(f"mcq-{scene.image_id}")
     objects = list(scene.objects)
     out = []
@@ -294,7 +299,7 @@ def questions(scene: Scene) -> list[dict[str, Any]]:
         "count",
         "How many shapes are in the image?",
         str(len(objects)),
-        [str(n) for n in range(1, 7) if n != len(objects)],
+        [str(n) for n in range(1, max_objects + 1) if n != len(objects)],
     )
     pairs = [(a, b, _relation(a, b)) for a in objects for b in objects if a is not b]
     horizontal = [(a, b, r) for a, b, r in pairs if r in ("left of", "right of")]
@@ -409,7 +414,7 @@ def build_shapes_world(
             instruct.append(
                 {**_record(f"{scene.image_id}-complex", file_name, [complex_reasoning(scene)], rng), "type": "complex"}
             )
-        for number, question in enumerate(questions(scene)):
+        for number, question in enumerate(questions(scene, max_objects)):
             prompt = format_cqm(question["question"], "", question["choices"], has_image=True)
             record = {
                 "id": f"{scene.image_id}-q{number}",

@@ -28,8 +28,8 @@ def evaluate_shapes(
 ) -> dict[str, Any]:
     """Answer `mcq_test.json` with the images and again with blank images; score both with the ScienceQA scorer.
 
-    Returns accuracy, the blind accuracy, the gap (how much the model uses the image), per-kind accuracies and
-    failed parses of both runs.
+    Returns accuracy, the blind accuracy, the gap (how much the model uses the image), chance (the mean of
+    1 / number of options), per-kind accuracies and failed parses of both runs.
     """
     world, output_dir = Path(world), Path(output_dir)
     settings = settings or GenerationSettings(max_new_tokens=8)
@@ -46,4 +46,6 @@ def evaluate_shapes(
         metrics[f"{label}by_kind"] = score_by_kind(predictions, records)
     metrics["gap"] = metrics["accuracy"] - metrics["blind_accuracy"]
     metrics["count"] = len(records)
+    # What guessing scores: the mean of 1 / number of options (the blind baseline should sit here).
+    metrics["chance"] = 100.0 * sum(1 / record["num_choices"] for record in records) / len(records)
     return metrics
