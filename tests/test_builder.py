@@ -102,6 +102,19 @@ def test_image_processor_backend_is_chosen_and_kept(tmp_path):
     assert AutoProcessor.from_pretrained(tmp_path / "llava").image_processor.backend == "pil"
 
 
+@pytest.mark.parametrize("backend", ["pil", "torchvision"])
+def test_stage_1_recipe_chooses_the_image_processor_backend(tmp_path, backend):
+    """A recipe's `image_processor_backend` (the paper recipes say `pil`) reaches the stage-1 processor."""
+    from llava_hf.training import LlavaModelArguments, load_model_for_stage
+
+    _save_backbones(tmp_path)
+    model_args = LlavaModelArguments(
+        vision_model=str(tmp_path / "clip"), language_model=str(tmp_path / "lm"), image_processor_backend=backend
+    )
+    _, processor = load_model_for_stage(model_args)
+    assert processor.image_processor.backend == backend
+
+
 def test_objects_without_tokenizer_raise(tmp_path):
     clip, lm = _save_backbones(tmp_path)
     with pytest.raises(ValueError, match="Pass `tokenizer=`"):

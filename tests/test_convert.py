@@ -117,6 +117,17 @@ def test_llava_hf_to_hf_llava_round_trip(tmp_path):
         assert torch.equal(value, back.state_dict()[key]), key
 
 
+def test_options_a_conversion_would_ignore_are_refused(tmp_path):
+    """`--chat-template` only for original checkpoints, `--image-processor-backend` only towards llava_hf."""
+    _save_hf_llava(tmp_path / "hf", module_layout=True)
+    with pytest.raises(ConversionError, match="--chat-template applies to original LLaVA checkpoints"):
+        convert(tmp_path / "hf", tmp_path / "out", chat_template="llava_v1")
+    LlavaModelTester().save(tmp_path / "ours")
+    with pytest.raises(ConversionError, match="--image-processor-backend applies to conversions to llava_hf"):
+        convert(tmp_path / "ours", tmp_path / "back", to="hf-llava", image_processor_backend="pil")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "back").exists()
+
+
 def test_linear_projector_cannot_go_to_hf_llava(tmp_path):
     LlavaModelTester(projector_type="linear").save(tmp_path / "ours")
     with pytest.raises(ConversionError, match="mlp2x_gelu"):

@@ -137,6 +137,9 @@ def test_model_card_body_has_architecture_recipe_evaluation_usage(stages, result
     assert _table_row(card, "schedule")[0] == "cosine, 3% warmup"
     assert _table_row(card, "length") == ["1 epoch(s), 2 optimizer steps", "2 of 2 optimizer steps"]
     assert _table_row(card, "training time") == ["5.5 min", "5.5 min"]
+    # Stage 2 trains with the stage-1 checkpoint's template, whatever its own chat_template argument says.
+    assert _table_row(card, "prompt format") == ["`plain` (image + caption)", "`vicuna_v1`"]
+    assert _table_row(card, "attention")[0].startswith("`auto`: language model `")
     assert _table_row(card, "hardware")[0].startswith("1 x ") and "CPU" in _table_row(card, "hardware")[0]
     assert _table_row(card, "starting point") == [
         "`openai/clip-vit-large-patch14-336` + `lmsys/vicuna-7b-v1.5`",

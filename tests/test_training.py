@@ -228,6 +228,9 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
             "reaches the vision tower",
         ),
         ({"stage": "1", "vision_model": None}, "stage 1 needs vision_model and language_model"),
+        ({"image_processor_backend": "fast"}, "image_processor_backend must be one of"),
+        ({"stage": "2", "model_name_or_path": ".", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
+        ({"vision_model": "offline-default", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
     ],
 )
 def test_bad_recipes_fail_before_training(tmp_path, model_overrides, message):

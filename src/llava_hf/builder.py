@@ -70,7 +70,9 @@ def build_llava_from_pretrained(
         image_aspect_ratio: `"pad"` (LLaVA-1.5) or `"square"` (LLaVA v1).
         chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a Jinja string, or `None` for the
             tokenizer's own.
-        attn_implementation: `"auto"` (FlashAttention-2 on CUDA when installed, else sdpa), `"sdpa"`, `"eager"`, ...
+        attn_implementation: `"auto"` (on CUDA, the first installed FlashAttention the GPU supports, FA4 > FA3 >
+            FA2, for the language model, the vision tower keeping sdpa; else sdpa; see `resolve_attn_implementation`),
+            `"sdpa"`, `"eager"`, ...
         seed: seeds the projector's initialisation.
 
     Returns:

@@ -37,13 +37,12 @@ from transformers import (
 from .chat_templates import TEMPLATE_NAMES, get_chat_template
 from .configuration_llava import LlavaConfig, vision_tower_has_cls
 from .modeling_llava import LlavaForConditionalGeneration
-from .processing_llava import LlavaHfProcessor
+from .processing_llava import IMAGE_PROCESSOR_BACKENDS, LlavaHfProcessor
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("hf-llava", "original", "llava_hf")
 TARGETS = ("llava_hf", "hf-llava")
-IMAGE_PROCESSOR_BACKENDS = ("pil", "torchvision")
 
 
 class ConversionError(ValueError):
@@ -468,6 +467,17 @@ def convert(
             f"--image-processor-backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)}, got {image_processor_backend!r}."
         )
     layout = detect_layout(src)
+    # Options that would otherwise be ignored without a word.
+    if to == "hf-llava" and image_processor_backend is not None:
+        raise ConversionError(
+            "--image-processor-backend applies to conversions to llava_hf; --to hf-llava writes transformers' "
+            'LlavaImageProcessor (choose its backend when loading, e.g. backend="pil").'
+        )
+    if chat_template is not None and layout != "original":
+        raise ConversionError(
+            f"--chat-template applies to original LLaVA checkpoints; {src} is {layout!r} and keeps its own chat "
+            "template."
+        )
     if to == "llava_hf":
         if layout == "hf-llava":
             convert_hf_llava_to_llava_hf(src, dst, image_processor_backend=image_processor_backend)

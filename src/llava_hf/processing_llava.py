@@ -21,6 +21,9 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# transformers 5's image processor backends (`backend=`), as `image_processor_backend` records them.
+IMAGE_PROCESSOR_BACKENDS = ("pil", "torchvision")
+
 
 def expand_to_square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
     """LLaVA-1.5's `expand2square`: paste the image centred on a square canvas of `background_color`."""

@@ -54,9 +54,25 @@ class LlavaModelArguments:
     vision_feature_layer: int = field(default=-2, metadata={"help": "ViT hidden state used as image features."})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "pad (LLaVA-1.5) or square (LLaVA v1)."})
     chat_template: str = field(
-        default="vicuna_v1", metadata={"help": "The checkpoint's chat template: vicuna_v1, chatml or a .jinja path."}
+        default="vicuna_v1",
+        metadata={
+            "help": "Stage 1: the checkpoint's chat template: vicuna_v1, llava_v1, chatml, plain or a .jinja path."
+        },
     )
-    attn_implementation: str = field(default="auto", metadata={"help": "auto (FA2 on CUDA if installed, else sdpa)."})
+    image_processor_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 1 with a vision_model path: pil (the original LLaVA's pixels) or torchvision (faster, its "
+            "bicubic resize differs slightly); default: transformers' choice (torchvision when installed)."
+        },
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (on CUDA the first installed FlashAttention the GPU supports, FA4 > FA3 > FA2, for the LM; "
+            "the vision tower keeps sdpa; else sdpa), sdpa, eager or flash_attention_2/3/4."
+        },
+    )
     dtype: str = field(
         default="auto",
         metadata={
@@ -125,6 +141,20 @@ def validate_recipe(
         raise RecipeError(f"stage must be one of {list(STAGES)}, got {model_args.stage!r}.")
     if model_args.dtype not in DTYPES:
         raise RecipeError(f"dtype must be one of {list(DTYPES)}, got {model_args.dtype!r}.")
+    if model_args.image_processor_backend is not None:
+        from .processing_llava import IMAGE_PROCESSOR_BACKENDS
+
+        if model_args.image_processor_backend not in IMAGE_PROCESSOR_BACKENDS:
+            raise RecipeError(
+                f"image_processor_backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)} (or unset), got "
+                f"{model_args.image_processor_backend!r}."
+            )
+        if model_args.stage != "1" or model_args.vision_model == OFFLINE_DEFAULT:
+            raise RecipeError(
+                "image_processor_backend applies to stage 1 with a vision_model path or Hub id; stage 2 keeps the "
+                "stage-1 checkpoint's image processor (and the backend it recorded), and the offline default builds "
+                "its own."
+            )
     if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
         raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
     if training_args is not None and uses_deepspeed(training_args):
@@ -279,6 +309,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 vision_feature_layer=model_args.vision_feature_layer,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 chat_template=template,
+                image_processor_backend=model_args.image_processor_backend,
                 attn_implementation=model_args.attn_implementation,
                 dtype=dtype,
                 seed=model_args.seed_projector,

@@ -314,7 +314,9 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
             )
         else:
             trains = "projector + LM (full)"
-        chat_format = f"`{model_args.get('chat_template', '?')}`"
+        # Stage 2 trains with the chat template of the checkpoint it starts from (`recipe_rows` names it when the
+        # history has that checkpoint's record); its own `chat_template` argument is not used.
+        chat_format = "the starting checkpoint's chat template"
     files = [Path(f).name for f in data_args.get("train_files") or []]
     data = ", ".join(f"`{f}`" for f in files) or "-"
     if data_args.get("max_train_samples"):
@@ -349,7 +351,7 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
         "weight decay": str(args.get("weight_decay", "?")),
         "max length": str(args.get("max_length", "?")),
         "precision": precision + (", gradient checkpointing" if args.get("gradient_checkpointing") else ""),
-        "attention": f"`{model_args.get('attn_implementation', '?')}`",
+        "attention": _attention(record),
         "seed": str(args.get("seed", "?")),
         "hardware": hardware,
         "training time": _duration(record.get("train_runtime_s") or _logged(record, "train_runtime")),
@@ -358,9 +360,27 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _attention(record: dict[str, Any]) -> str:
+    """The requested `attn_implementation`, and what the language model and the vision tower ran when recorded."""
+    requested = f"`{(record.get('model_args') or {}).get('attn_implementation', '?')}`"
+    ran = record.get("attn_implementation")
+    if not isinstance(ran, dict) or not ran:
+        return requested
+    parts = ", ".join(f"{key.replace('_', ' ')} `{value}`" for key, value in ran.items())
+    return f"{requested}: {parts}"
+
+
 def recipe_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of the recipe table: one label, one value per stage."""
-    columns = [_stage_column(record) for record in history]
+    columns, checkpoint_template = [], None
+    for record in history:
+        column = _stage_column(record)
+        model_args = record.get("model_args") or {}
+        if str(record.get("stage", model_args.get("stage"))) == "1":
+            checkpoint_template = model_args.get("chat_template")  # what the stage-1 checkpoint keeps
+        elif checkpoint_template:
+            column["prompt format"] = f"`{checkpoint_template}`"
+        columns.append(column)
     if not columns:
         return []
     return [{"label": label, "values": [_cell(c[label]) for c in columns]} for label in columns[0]]
