@@ -313,6 +313,17 @@ def test_no_held_out_image_logs_nothing_and_says_why_once(tmp_path, caplog):
     assert meter.summary()["off"] == "none of the 1 held-out rows has an image"
 
 
+def test_an_unreadable_held_out_image_turns_the_meter_off_not_the_run(tmp_path, caplog):
+    """The held-out rows are not trained on, so an image the run would never open must not stop it."""
+    held_out = _rows(tmp_path, 4, True, seed=2)
+    Path(held_out[1]["images"][0]["path"]).unlink()
+    trainer, meter = _trainer(tmp_path, _rows(tmp_path, 16, True, 1), held_out, max_steps=2)
+    with caplog.at_level(logging.WARNING, logger="llava_hf.grounding"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and meter.history == []
+    assert meter.off.startswith("the held-out batch cannot be collated:") and "image 0" in meter.off
+
+
 # -- the record and the model card --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(grounded):

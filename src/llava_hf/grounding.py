@@ -210,13 +210,15 @@ class ImageGainCallback(TrainerCallback):
         if hasattr(self._meter_collator, "stats_in_batch"):
             self._meter_collator.stats_in_batch = False
         batch_size = self.batch_size or args.per_device_train_batch_size
-        variants = {"real": rows, "blank": blank_rows(rows, getattr(self.collator, "max_pixels", None))}
         shuffled = shuffled_rows(rows)
         if shuffled is None:
             self._warn("image_gain_shuffled is not measured: the held-out rows have fewer than two different images")
-        else:
-            variants["shuffled"] = shuffled
         try:
+            # An image that cannot be opened (ImageError) turns the meter off: these rows are not trained on, so
+            # the run itself would never have met it.
+            variants = {"real": rows, "blank": blank_rows(rows, getattr(self.collator, "max_pixels", None))}
+            if shuffled is not None:
+                variants["shuffled"] = shuffled
             self._batches = {name: self._collate(variant, batch_size) for name, variant in variants.items()}
         except ValueError as error:  # every sample of a batch skipped, or a sample the collator refuses
             self.off = f"the held-out batch cannot be collated: {error}"
