@@ -2,6 +2,7 @@
 ZeRO-3 and FSDP2, precision, the collator's counts."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -502,6 +503,27 @@ def test_launcher_mixed_precision_does_not_override_the_recipe(workspace):
     record = json.loads((workspace / "launcher-bf16" / "llava_hf_training.json").read_text())
     assert record["precision"]["mixed_precision"] == "no"
     assert record["precision"]["trainable_parameters"] == ["float32"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "bf16", "warned"),
+    [("bf16", False, True), ("fp16", True, True), ("no", True, False), (None, True, False), ("bf16", True, False)],
+)
+def test_only_a_launcher_asking_for_another_precision_is_warned_about(monkeypatch, caplog, launcher, bf16, warned):
+    """The shipped launch configs say `mixed_precision: "no"`: they leave the choice to the recipe, no warning."""
+    import types
+
+    from llava_hf.training import resolve_precision
+
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    args = types.SimpleNamespace(bf16=bf16, fp16=False, process_index=0, deepspeed_plugin=None)
+    with caplog.at_level(logging.WARNING, logger="llava_hf.training"):
+        assert resolve_precision(args) == ("bf16" if bf16 else "no")
+    assert args.mixed_precision == os.environ["ACCELERATE_MIXED_PRECISION"] == ("bf16" if bf16 else "no")
+    assert any("the recipe wins" in r.getMessage() for r in caplog.records) == warned
 
 
 def test_bf16_recipe_trains_float32_master_weights(workspace):

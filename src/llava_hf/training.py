@@ -251,12 +251,13 @@ def resolve_precision(training_args: Any) -> str:
 
     `accelerate launch` passes its config's `mixed_precision` as ACCELERATE_MIXED_PRECISION, which TrainingArguments
     uses whenever the recipe sets neither `bf16` nor `fp16`: a float32 recipe would silently train under bf16
-    autocast. Here the recipe wins, with a warning naming both.
+    autocast. Here the recipe wins, with a warning naming both when the launcher asked for a mixed precision ("no",
+    what the setups in recipes/accelerate/ say, leaves the choice to the recipe).
     """
     recipe = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if launcher != recipe:
-        if training_args.process_index == 0:
+        if launcher != "no" and training_args.process_index == 0:
             logger.warning(
                 "The launcher asks for mixed_precision %r (ACCELERATE_MIXED_PRECISION, from the accelerate config or "
                 "--mixed_precision) but the recipe says bf16: %s, fp16: %s; the recipe wins: training runs with "
