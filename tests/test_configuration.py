@@ -75,3 +75,25 @@ def test_timm_backbone_token_count():
     vision = TimmWrapperConfig(architecture="tf_efficientnet_lite0", pretrained_cfg={"input_size": [3, 224, 224]})
     config = LlavaConfig(vision_config=vision)
     assert config.image_seq_length == 49  # 7 x 7 grid
+
+
+def test_pooled_feature_grid_sets_the_token_count():
+    pytest.importorskip("timm")
+    from transformers import TimmWrapperConfig
+
+    vision = TimmWrapperConfig(architecture="tf_efficientnet_lite0", pretrained_cfg={"input_size": [3, 224, 224]})
+    assert LlavaConfig(vision_config=vision, vision_feature_pool_size=3).image_seq_length == 9
+    assert LlavaConfig(vision_feature_pool_size=8).image_seq_length == 64  # CLIP-L/14 at 224 px: 16 x 16 -> 8 x 8
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"vision_feature_pool_size": 0}, r"vision_feature_pool_size must be an int from 1 to the tower's grid side"),
+        ({"vision_feature_pool_size": 17}, r"grid side \(16\), got 17"),
+        ({"vision_feature_pool_size": 4, "vision_feature_select_strategy": "full"}, r"cannot keep the CLS token"),
+    ],
+)
+def test_invalid_pool_sizes_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LlavaConfig(**kwargs)

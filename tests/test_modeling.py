@@ -335,3 +335,32 @@ def test_save_and_load_round_trip(tmp_path):
     inputs = tester.prepare_inputs()
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
+
+
+def test_pooled_image_features_are_the_averaged_patch_grid(tmp_path):
+    # vision_feature_pool_size=2: the 4x4 patch grid of the tiny CLIP averaged to 2x2, then projected.
+    from transformers import AutoModelForImageTextToText
+
+    tester = LlavaModelTester()
+    config = tester.get_config()
+    config.vision_feature_pool_size, config.image_seq_length = 2, None
+    config = type(config)(**config.to_dict())
+    assert config.image_seq_length == 4
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    pixel_values = torch.randn(3, 3, tester.image_size, tester.image_size)
+    with torch.no_grad():
+        patches = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        grid = patches.reshape(3, 4, 4, -1)  # row-major patch grid
+        expected = torch.stack(
+            [grid[:, r : r + 2, c : c + 2].mean((1, 2)) for r in (0, 2) for c in (0, 2)], dim=1
+        )  # (3, 4, hidden)
+        features = model.get_image_features(pixel_values)
+    torch.testing.assert_close(features, model.model.multi_modal_projector(expected))
+    ids = torch.tensor([[1] + [config.image_token_id] * 4 + [5, 6]])
+    assert model(input_ids=ids, pixel_values=pixel_values[:1]).logits.shape == (1, 7, config.text_config.vocab_size)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision_feature_pool_size == 2 and reloaded.config.image_seq_length == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.get_image_features(pixel_values), features)

@@ -132,13 +132,14 @@ def load_offline_default(
     projector_type: str = "mlp2x_gelu",
     chat_template: str = "chatml",
     image_aspect_ratio: str = "pad",
+    vision_feature_pool_size: int | None = None,
     attn_implementation: str | None = "auto",
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
 ):
     """The offline default llava_hf: EfficientNet-Lite0 -> fresh `mlp2x_gelu` projector -> SmolLM2-135M-Instruct.
 
-    Returns `(model, processor)` with 49 image tokens per 224-px image and SmolLM2's ChatML template (with
+    Returns `(model, processor)` with 49 image tokens per 224-px image (`vision_feature_pool_size=3`: 9) and SmolLM2's ChatML template (with
     generation markers).
     """
     from .builder import build_llava_from_pretrained
@@ -152,6 +153,7 @@ def load_offline_default(
         image_processor=image_processor,
         projector_type=projector_type,
         image_aspect_ratio=image_aspect_ratio,
+        vision_feature_pool_size=vision_feature_pool_size,
         chat_template=chat_template,
         attn_implementation=attn_implementation,
         dtype=dtype,

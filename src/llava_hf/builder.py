@@ -44,6 +44,7 @@ def build_llava_from_pretrained(
     projector_type: str = "mlp2x_gelu",
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
+    vision_feature_pool_size: int | None = None,
     image_aspect_ratio: str = "pad",
     chat_template: str | None = "vicuna_v1",
     image_token: str = "<image>",
@@ -67,6 +68,8 @@ def build_llava_from_pretrained(
             slightly), or `None` for transformers' default (torchvision when installed). Ignored when
             `image_processor` is given. The processor records the backend, so a saved checkpoint reloads with it.
         projector_type: `"linear"` (LLaVA v1) or `"mlp2x_gelu"` (LLaVA-1.5).
+        vision_feature_pool_size: average-pool the tower's feature grid to `n x n` tokens (`None`: every patch, as
+            LLaVA); see `LlavaConfig`.
         image_aspect_ratio: `"pad"` (LLaVA-1.5) or `"square"` (LLaVA v1).
         chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a Jinja string, or `None` for the
             tokenizer's own.
@@ -114,6 +117,7 @@ def build_llava_from_pretrained(
         projector_type=projector_type,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
+        vision_feature_pool_size=vision_feature_pool_size,
         image_aspect_ratio=image_aspect_ratio,
         tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
     )

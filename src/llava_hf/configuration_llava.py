@@ -59,15 +59,32 @@ def vision_tower_has_cls(vision_config: PreTrainedConfig) -> bool:
     return vision_config.model_type in _TOWERS_WITH_CLS
 
 
+def vision_feature_grid_side(vision_config: PreTrainedConfig, image_size: int | None = None) -> int:
+    """Side of the tower's square feature grid: `image_size // patch_size` (ViTs) or `// reduction` (timm)."""
+    if vision_config.model_type == _TIMM:
+        side = image_size or timm_image_size(vision_config)
+        _, reduction = _timm_geometry(
+            vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items()))
+        )
+        return side // reduction
+    return (image_size or vision_config.image_size) // vision_config.patch_size
+
+
 def compute_image_seq_length(
-    vision_config: PreTrainedConfig, vision_feature_select_strategy: str, image_size: int | None = None
+    vision_config: PreTrainedConfig,
+    vision_feature_select_strategy: str,
+    image_size: int | None = None,
+    vision_feature_pool_size: int | None = None,
 ) -> int:
     """Number of `<image>` tokens one image becomes.
 
     ViTs: `(image_size // patch_size) ** 2`, plus the CLS token when it is kept (`full`). CLIP ViT-L/14 at 336 px
     gives 576 (`default`) or 577 (`full`); at 224 px, 256. SigLIP has no CLS token, so both strategies give the grid.
     timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49).
+    With `vision_feature_pool_size=n` the grid is average-pooled to `n x n`: `n ** 2` tokens.
     """
+    if vision_feature_pool_size:
+        return vision_feature_pool_size**2
     if vision_config.model_type == _TIMM:
         side = image_size or timm_image_size(vision_config)
         _, reduction = _timm_geometry(
@@ -107,6 +124,10 @@ class LlavaConfig(PreTrainedConfig):
     vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
         `"default"` drops the CLS token, `"full"` keeps it. LLaVA's `"patch"` / `"cls_patch"` are accepted and
         stored as `"default"` / `"full"`.
+    vision_feature_pool_size (`int`, *optional*):
+        Average-pool the tower's square feature grid to `vision_feature_pool_size x vision_feature_pool_size` tokens
+        before the projector (`None`, LLaVA's behaviour: keep every patch). Fewer image tokens make sequences shorter
+        and each token a summary of a region; EfficientNet-Lite0's 7x7 grid pooled to 3x3 gives 9 tokens.
     image_aspect_ratio (`str`, *optional*, defaults to `"square"`):
         `"pad"` (LLaVA-1.5): pad to a square filled with the image processor's mean colour, then resize.
         `"square"` (LLaVA v1): the image processor's own resize / center crop.
@@ -159,6 +180,7 @@ class LlavaConfig(PreTrainedConfig):
     multimodal_projector_bias: bool = True
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
+    vision_feature_pool_size: int | None = None
     image_aspect_ratio: str = "square"
     tie_word_embeddings: bool = False
 
@@ -189,8 +211,24 @@ class LlavaConfig(PreTrainedConfig):
                 f"LlavaConfig.vision_feature_layer must be an int or a non-empty list of ints, got "
                 f"{self.vision_feature_layer!r}."
             )
+        if self.vision_feature_pool_size is not None:
+            side = vision_feature_grid_side(self.vision_config)
+            if not isinstance(self.vision_feature_pool_size, int) or not 1 <= self.vision_feature_pool_size <= side:
+                raise ValueError(
+                    f"LlavaConfig.vision_feature_pool_size must be an int from 1 to the tower's grid side ({side}), got "
+                    f"{self.vision_feature_pool_size!r}; use None to keep every patch."
+                )
+            if self.vision_feature_select_strategy == "full" and vision_tower_has_cls(self.vision_config):
+                raise ValueError(
+                    "LlavaConfig.vision_feature_pool_size pools the patch grid and cannot keep the CLS token; use "
+                    'vision_feature_select_strategy="default" with it.'
+                )
         if self.image_seq_length is None:
-            self.image_seq_length = compute_image_seq_length(self.vision_config, self.vision_feature_select_strategy)
+            self.image_seq_length = compute_image_seq_length(
+                self.vision_config,
+                self.vision_feature_select_strategy,
+                vision_feature_pool_size=self.vision_feature_pool_size,
+            )
         # Like transformers' Llava: some LMs store tying in their own config only.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

@@ -224,6 +224,11 @@ def convert_llava_hf_to_hf_llava(src: Path, dst: Path) -> None:
             f"{src}: projector_type={config.projector_type!r}; transformers' Llava holds only the 2-layer "
             "(mlp2x_gelu) projector, so this checkpoint cannot be written in its layout."
         )
+    if config.vision_feature_pool_size:
+        raise ConversionError(
+            f"{src}: vision_feature_pool_size={config.vision_feature_pool_size} pools the feature grid, which "
+            "transformers' Llava does not do; this checkpoint cannot be written in its layout."
+        )
     if config.vision_config.model_type == "timm_wrapper":
         raise ConversionError(
             f"{src}: a timm vision tower (TimmWrapper) has no hidden_states[vision_feature_layer]; transformers' "

@@ -10,6 +10,7 @@ Layering follows transformers' Llava so that weights convert 1:1 (`model.vision_
 - [`LlavaForConditionalGeneration`]: adds `lm_head`, the loss and `generate`.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -285,6 +286,13 @@ class LlavaModel(LlavaPreTrainedModel):
             ):
                 selected_layers = [layer[:, 1:] for layer in selected_layers]  # drop CLS
             selected = torch.cat(selected_layers, dim=-1)  # (num_images, image_seq_length, vision_hidden * layers)
+        pool_size = self.config.vision_feature_pool_size
+        if pool_size:
+            num_images, num_tokens, channels = selected.shape
+            side = math.isqrt(num_tokens)
+            grid = selected.transpose(1, 2).reshape(num_images, channels, side, side)
+            grid = nn.functional.adaptive_avg_pool2d(grid, pool_size)  # (num_images, channels, pool, pool)
+            selected = grid.flatten(2).transpose(1, 2)  # (num_images, pool_size ** 2, channels)
         return selected
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,10 @@ class LlavaModelArguments:
     language_model: str | None = field(default=None, metadata={"help": "Stage 1: causal LM path / Hub id."})
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear (LLaVA v1) or mlp2x_gelu (1.5)."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "ViT hidden state used as image features."})
+    vision_feature_pool_size: int | None = field(
+        default=None,
+        metadata={"help": "Stage 1: average-pool the feature grid to N x N image tokens (default: every patch)."},
+    )
     image_aspect_ratio: str = field(default="pad", metadata={"help": "pad (LLaVA-1.5) or square (LLaVA v1)."})
     chat_template: str = field(
         default="vicuna_v1",
@@ -298,6 +302,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 projector_type=model_args.projector_type,
                 chat_template=template,
                 image_aspect_ratio=model_args.image_aspect_ratio,
+                vision_feature_pool_size=model_args.vision_feature_pool_size,
                 attn_implementation=model_args.attn_implementation,
                 dtype=dtype,
                 seed=model_args.seed_projector,
@@ -308,6 +313,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 model_args.language_model,
                 projector_type=model_args.projector_type,
                 vision_feature_layer=model_args.vision_feature_layer,
+                vision_feature_pool_size=model_args.vision_feature_pool_size,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 chat_template=template,
                 image_processor_backend=model_args.image_processor_backend,
