@@ -6,7 +6,7 @@
 4. print both and the wall time;
 5. load the checkpoint with AutoModelForImageTextToText and answer a question about a new image.
 
-    python recipes/quickstart.py [--num-images 400 --stage1-steps 48 --stage2-steps 24 --batch-size 8]
+    python recipes/quickstart.py [--num-images 1200 --stage1-steps 300 --stage2-steps 100 --batch-size 8]
 """
 
 import argparse
@@ -28,10 +28,10 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/quickstart")
-    parser.add_argument("--num-images", type=int, default=400)
-    parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--stage1-steps", type=int, default=48)
-    parser.add_argument("--stage2-steps", type=int, default=24)
+    parser.add_argument("--num-images", type=int, default=1200)
+    parser.add_argument("--test-fraction", type=float, default=0.07)
+    parser.add_argument("--stage1-steps", type=int, default=300)
+    parser.add_argument("--stage2-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
@@ -39,20 +39,19 @@ def main() -> None:
     out = Path(args.output_dir)
     shapes, stage1, stage2 = out / "shapes", out / "stage1", out / "stage2"
     bin_dir = Path(sys.executable).parent
-    accelerate = [str(bin_dir / "accelerate"), "launch", "--config_file", "recipes/accelerate/cpu.yaml"]
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            accelerate = [str(bin_dir / "accelerate"), "launch", "--config_file", "recipes/accelerate/single_gpu.yaml"]
-    except ImportError:
-        pass
+    # The recipes train under bf16 autocast; on a machine without CUDA, TrainingArguments must be told to use the CPU.
+    launch_config, device = (
+        ("single_gpu.yaml", []) if torch.cuda.is_available() else ("cpu.yaml", ["--use_cpu", "true"])
+    )
+    accelerate = [str(bin_dir / "accelerate"), "launch", "--config_file", f"recipes/accelerate/{launch_config}"]
 
     run(
         [str(bin_dir / "llava-hf"), "data", "shapes", str(shapes), "--num-images", str(args.num_images), "--seed", "0"]
         + ["--test-fraction", str(args.test_fraction)]
     )
-    common = ["--image_root", str(shapes / "images"), "--per_device_train_batch_size", str(args.batch_size)]
+    common = ["--image_root", str(shapes / "images"), "--per_device_train_batch_size", str(args.batch_size)] + device
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage1.yaml", "--train_files", str(shapes / "stage1.json")]
@@ -103,7 +102,8 @@ def main() -> None:
     print(
         f"blind baseline (grey images): {metrics['blind_accuracy']:.1f}%  -> the image is worth {metrics['gap']:+.1f} points"
     )
-    print(f"wall time: {minutes:.1f} min on {os.cpu_count()} CPU core(s)")
+    print(f"chance (mean of 1 / number of options): {metrics['chance']:.1f}%")
+    print(f"wall time: {minutes:.1f} min on {describe_machine()}")
     print(
         f"new image: {question['question']} -> {answer!r} (truth: {chr(65 + question['answer'])}. {question['choices'][question['answer']]})"
     )
@@ -111,11 +111,22 @@ def main() -> None:
     summary = {
         "accuracy": metrics["accuracy"],
         "blind_accuracy": metrics["blind_accuracy"],
+        "chance": metrics["chance"],
         "minutes": round(minutes, 1),
+        "by_kind": metrics["by_kind"],
+        "questions": metrics["count"],
+        "machine": describe_machine(),
+        "args": vars(args),
     }
-    (out / "quickstart.json").write_text(
-        json.dumps(summary | {"by_kind": metrics["by_kind"], "args": vars(args)}, indent=1)
-    )
+    (out / "quickstart.json").write_text(json.dumps(summary, indent=1))
+
+
+def describe_machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()} CPU core(s)"
 
 
 def _fmt(by_kind: dict) -> str:

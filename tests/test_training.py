@@ -153,7 +153,7 @@ def test_stage1_trains_only_the_projector(workspace, stage1):
         fresh.model.multi_modal_projector.linear_1.weight, trained["model.multi_modal_projector.linear_1.weight"]
     )
     log = json.loads((stage1 / "llava_hf_training.json").read_text())
-    assert log["stage"] == "1" and log["global_step"] == 2
+    assert log["stage"] == "1" and log["global_step"] == 2 and log["train_runtime_s"] > 0
     # The grounding meter, on by default: at train begin and with each training log, on rows held out of training
     # (14 caption pairs: a quarter, 3, held out), drawn for the model card.
     assert [e["step"] for e in log["log_history"] if "image_gain" in e] == [0, 1, 2]

@@ -73,7 +73,7 @@ def _best_flash_attention() -> str | None:
 
 
 def resolve_attn_implementation(attn_implementation: str | dict | None) -> str | dict | None:
-    """Map `"auto"` to the fastest attention this machine can run, and check explicit FlashAttention requests early.
+    """Map `"auto"` to the fastest attention the current device can run, and check explicit FlashAttention requests early.
 
     `"auto"` picks, on a CUDA device, the first FlashAttention kernel that is installed and supports the device:
     `flash_attention_4` (`flash-attn-4`, Hopper / Blackwell), then `flash_attention_3` (`flash-attn-3`, Hopper), then

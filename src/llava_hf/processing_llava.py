@@ -294,7 +294,7 @@ def _as_rgb_pil(image: Any) -> Image.Image:
     raise TypeError(f"Unsupported image type {type(image).__name__}; pass PIL images, numpy arrays or tensors.")
 
 
-# The design card's name for it.
+# The name users import (transformers' own `LlavaProcessor` keeps its name on disk: see the class docstring).
 LlavaProcessor = LlavaHfProcessor
 
 __all__ = ["LlavaHfProcessor", "LlavaProcessor", "expand_to_square"]

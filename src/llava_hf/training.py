@@ -539,7 +539,11 @@ def save_stage_output(
             "model_args": asdict(model_args),
             "data_args": asdict(data_args),
             "training_args": {k: _jsonable(v) for k, v in trainer.args.to_dict().items()},
-            "train_runtime_s": getattr(trainer.state, "train_runtime", None),
+            # The Trainer logs `train_runtime` once, at the end of `train()`; its state keeps no copy.
+            "train_runtime_s": next(
+                (entry["train_runtime"] for entry in reversed(trainer.state.log_history) if "train_runtime" in entry),
+                None,
+            ),
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             # For the model card's recipe table (llava_hf.hub.cards): what the run ran on.
