@@ -12,6 +12,15 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+def single_thread():
+    """Run a module's tests on one thread: a tiny model runs ~30x faster on one thread than on two when the CPU is
+    shared (OpenMP spin-waits). Modules opt in with `one_thread = pytest.fixture(scope="module", autouse=True)(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tester():
     from tester import LlavaModelTester

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from conftest import single_thread
 from llava_hf.datagen import EngineSettings, TransformersBackend, generate_instructions, shapes_contexts
 from llava_hf.datagen.prompts import KINDS, FewShotExample, PromptSet
 from llava_hf.datagen.store import RECORDS, REJECTED
@@ -18,13 +19,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A model this small runs ~30x faster on one thread than on two when the CPU is shared (OpenMP spin-waits).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")

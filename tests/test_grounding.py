@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
+from conftest import single_thread
 from llava_hf.data.collator import LlavaDataCollator
 from llava_hf.data.images import blank_like
 from llava_hf.grounding import (
@@ -36,13 +37,7 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 STEPS, LOGGING_STEPS = 60, 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model trains faster on one thread than on two shared with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def _row(tmp: Path, index: int, colour: str, question: str, answer: str) -> dict:
