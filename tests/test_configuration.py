@@ -92,6 +92,7 @@ def test_pooled_feature_grid_sets_the_token_count():
         ({"vision_feature_pool_size": 0}, r"vision_feature_pool_size must be an int from 1 to the tower's grid side"),
         ({"vision_feature_pool_size": 17}, r"grid side \(16\), got 17"),
         ({"vision_feature_pool_size": 4, "vision_feature_select_strategy": "full"}, r"cannot keep the CLS token"),
+        ({"vision_feature_pool_size": 4, "image_seq_length": 256}, r"image_seq_length=256 disagrees"),
     ],
 )
 def test_invalid_pool_sizes_fail_at_construction(kwargs, message):

@@ -237,7 +237,7 @@ def test_attention_record_reads_the_loaded_sub_models():
 
 def test_flash_attention_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; the error path is for machines without it")
+        pytest.skip("CUDA is available; the error path is for machines without it")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_attn_implementation("flash_attention_2")
     assert resolve_attn_implementation("auto") == "sdpa"
@@ -364,3 +364,27 @@ def test_pooled_image_features_are_the_averaged_patch_grid(tmp_path):
     assert reloaded.config.vision_feature_pool_size == 2 and reloaded.config.image_seq_length == 4
     with torch.no_grad():
         torch.testing.assert_close(reloaded.get_image_features(pixel_values), features)
+
+
+@pytest.mark.parametrize(
+    "architecture,pool_size,tokens", [("test_vit", None, 16), ("test_vit", 2, 4), ("test_efficientnet", 1, 1)]
+)
+def test_timm_towers_give_image_seq_length_tokens(architecture, pool_size, tokens):
+    # timm ViTs return their CLS token with the patches (dropped); CNN maps are pooled as maps (non-square inputs too).
+    pytest.importorskip("timm")
+    from transformers import TimmWrapperConfig
+
+    tester = LlavaModelTester()
+    vision = TimmWrapperConfig(architecture=architecture, pretrained_cfg={"input_size": [3, 64, 64]})
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=tiny_llama_config(tester.tokenizer),
+        image_token_id=tester.tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_pool_size=pool_size,
+    )
+    assert config.image_seq_length == tokens
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        assert model.get_image_features(torch.randn(2, 3, 64, 64)).shape[:2] == (2, tokens)
+        if architecture == "test_efficientnet":
+            assert model.get_image_features(torch.randn(1, 3, 64, 96)).shape[:2] == (1, tokens)

@@ -232,6 +232,7 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
         ({"image_processor_backend": "fast"}, "image_processor_backend must be one of"),
         ({"stage": "2", "model_name_or_path": ".", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
         ({"vision_model": "offline-default", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
+        ({"stage": "2", "model_name_or_path": ".", "vision_feature_pool_size": 3}, "vision_feature_pool_size applies"),
     ],
 )
 def test_bad_recipes_fail_before_training(tmp_path, model_overrides, message):

@@ -223,6 +223,12 @@ class LlavaConfig(PreTrainedConfig):
                     "LlavaConfig.vision_feature_pool_size pools the patch grid and cannot keep the CLS token; use "
                     'vision_feature_select_strategy="default" with it.'
                 )
+            if self.image_seq_length is not None and self.image_seq_length != self.vision_feature_pool_size**2:
+                raise ValueError(
+                    f"LlavaConfig.image_seq_length={self.image_seq_length} disagrees with vision_feature_pool_size="
+                    f"{self.vision_feature_pool_size} ({self.vision_feature_pool_size**2} tokens per image); leave "
+                    "image_seq_length unset (None) to have it computed."
+                )
         if self.image_seq_length is None:
             self.image_seq_length = compute_image_seq_length(
                 self.vision_config,

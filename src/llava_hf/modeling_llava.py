@@ -273,9 +273,12 @@ class LlavaModel(LlavaPreTrainedModel):
             # CNN / timm backbones: the final feature map `(num_images, channels, h, w)` flattened row-major to tokens.
             feature_map = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
             if feature_map.ndim == 4:
-                selected = feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
-            else:  # timm ViTs already return (num_images, tokens, channels)
-                selected = feature_map
+                if self.config.vision_feature_pool_size:  # pooled on the map itself: any h x w
+                    feature_map = nn.functional.adaptive_avg_pool2d(feature_map, self.config.vision_feature_pool_size)
+                return feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
+            # timm ViTs return (num_images, tokens, channels): drop CLS / register tokens, as image_seq_length counts
+            # the patch grid only.
+            selected = feature_map[:, getattr(self.vision_tower.timm_model, "num_prefix_tokens", 0) :]
         else:
             hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
             layers = self.config.vision_feature_layer
@@ -290,6 +293,12 @@ class LlavaModel(LlavaPreTrainedModel):
         if pool_size:
             num_images, num_tokens, channels = selected.shape
             side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise ValueError(
+                    f"vision_feature_pool_size={pool_size} pools a square feature grid, but the vision tower gave "
+                    f"{num_tokens} tokens per image; use square images (image_aspect_ratio, the image processor's "
+                    "crop) or vision_feature_pool_size=None."
+                )
             grid = selected.transpose(1, 2).reshape(num_images, channels, side, side)
             grid = nn.functional.adaptive_avg_pool2d(grid, pool_size)  # (num_images, channels, pool, pool)
             selected = grid.flatten(2).transpose(1, 2)  # (num_images, pool_size ** 2, channels)

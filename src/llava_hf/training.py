@@ -159,6 +159,11 @@ def validate_recipe(
                 "stage-1 checkpoint's image processor (and the backend it recorded), and the offline default builds "
                 "its own."
             )
+    if model_args.vision_feature_pool_size is not None and model_args.stage != "1":
+        raise RecipeError(
+            "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
+            "checkpoint's (its config.json)."
+        )
     if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
         raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
     if training_args is not None and uses_deepspeed(training_args):
