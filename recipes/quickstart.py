@@ -11,7 +11,6 @@
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -103,7 +102,9 @@ def main() -> None:
         f"blind baseline (grey images): {metrics['blind_accuracy']:.1f}%  -> the image is worth {metrics['gap']:+.1f} points"
     )
     print(f"chance (mean of 1 / number of options): {metrics['chance']:.1f}%")
-    print(f"wall time: {minutes:.1f} min on {describe_machine()}")
+    # What stage 2 ran on, as its training record states it (device name, threads / processes).
+    machine = json.loads((stage2 / "llava_hf_training.json").read_text())["hardware"]["device_name"]
+    print(f"wall time: {minutes:.1f} min on {machine}")
     print(
         f"new image: {question['question']} -> {answer!r} (truth: {chr(65 + question['answer'])}. {question['choices'][question['answer']]})"
     )
@@ -115,18 +116,10 @@ def main() -> None:
         "minutes": round(minutes, 1),
         "by_kind": metrics["by_kind"],
         "questions": metrics["count"],
-        "machine": describe_machine(),
+        "machine": machine,
         "args": vars(args),
     }
     (out / "quickstart.json").write_text(json.dumps(summary, indent=1))
-
-
-def describe_machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()} CPU core(s)"
 
 
 def _fmt(by_kind: dict) -> str:
