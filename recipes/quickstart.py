@@ -66,7 +66,7 @@ def main() -> None:
     )
     run(
         [str(bin_dir / "llava-hf"), "eval", "shapes", "--model", str(stage2), "--world", str(shapes)]
-        + ["--output-dir", str(out / "eval"), "--batch-size", "16", "--max-new-tokens", "4"]
+        + ["--output-dir", str(out / "eval"), "--batch-size", "16", "--max-new-tokens", "32"]
     )
     metrics = json.loads((out / "eval" / "results.json").read_text())["metrics"]
     minutes = (time.perf_counter() - start) / 60
@@ -75,14 +75,14 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import llava_hf  # noqa: F401
-    from llava_hf.data.shapes import generate_scene, questions, render
+    from llava_hf.data.scienceqa import format_cqm
+    from llava_hf.data.shapes import MCQ_PROMPT, generate_scene, questions, render
 
     model = AutoModelForImageTextToText.from_pretrained(stage2).eval()
     processor = AutoProcessor.from_pretrained(stage2)
     scene = generate_scene(seed=12345, index=0)
     question = questions(scene)[0]
-    options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(question["choices"]))
-    text = f"{question['question']}\n{options}\nAnswer with the option's letter from the given choices directly."
+    text = format_cqm(question["question"], "", question["choices"], has_image=False) + MCQ_PROMPT
     messages = [
         {"role": "user", "content": [{"type": "image", "image": render(scene)}, {"type": "text", "text": text}]}
     ]
@@ -90,7 +90,7 @@ def main() -> None:
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     answer = processor.decode(
-        model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :],
+        model.generate(**inputs, max_new_tokens=32, do_sample=False)[0, inputs["input_ids"].shape[1] :],
         skip_special_tokens=True,
     )
 

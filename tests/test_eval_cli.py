@@ -72,6 +72,9 @@ def test_shapes_with_the_blind_baseline(tmp_path, checkpoint, capsys):
     for name in ("answers.jsonl", "answers_blind.jsonl"):
         rows = [json.loads(line) for line in (tmp_path / "out" / name).read_text().splitlines()]
         assert len(rows) == n_questions
+    from llava_hf.data.shapes import MCQ_PROMPT
+
+    assert results["settings"]["prompt_suffix"] == MCQ_PROMPT  # each test question is asked as training asked it
     blind = json.loads((tmp_path / "out" / "answers_blind.jsonl").read_text().splitlines()[0])
     assert blind["metadata"]["blank_images"] is True
     assert to_model_index("m", [results])[0]["results"][0]["metrics"][1]["name"] == "Accuracy, blank image"

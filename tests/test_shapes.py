@@ -11,6 +11,7 @@ from llava_hf.cli import main
 from llava_hf.data import load_llava_dataset
 from llava_hf.data.shapes import (
     COLORS,
+    MCQ_PROMPT,
     build_shapes_world,
     captions,
     generate_scene,
@@ -18,7 +19,7 @@ from llava_hf.data.shapes import (
     render,
     symbolic_context,
 )
-from llava_hf.eval.runner import SCIENCEQA_SUFFIX
+from llava_hf.eval.scienceqa import parse_prediction
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,9 @@ def test_multiple_choice_answers_are_true():
         for q in questions(scene):
             answer = q["choices"][q["answer"]]
             assert len(set(q["choices"])) == len(q["choices"])
+            # The solution states the right option and none of the wrong ones.
+            words = set(re.findall(r"[a-z0-9]+", q["solution"]))
+            assert answer in words and not words & (set(q["choices"]) - {answer}), q
             if q["kind"] == "count":
                 assert answer == str(len(scene.objects))
             elif q["kind"] == "color":
@@ -133,14 +137,34 @@ def test_stage1_captions_name_every_shape_and_mcq_prompts_match_the_evaluation(w
         caption = record["conversations"][1]["value"]
         for obj in scenes_by_file[record["image"]].objects:
             assert f"{obj.size} {obj.color} {obj.shape}" in caption, (caption, obj)
-    # Training questions carry the letter instruction; test questions get it from the runner at inference.
+    # Training questions carry MCQ_PROMPT; test questions get it from the evaluation at inference.
     train = json.loads((out / "mcq_train.json").read_text())
     test = json.loads((out / "mcq_test.json").read_text())
-    assert all(r["conversations"][0]["value"].endswith(SCIENCEQA_SUFFIX) for r in train)
-    assert not any(SCIENCEQA_SUFFIX in r["conversations"][0]["value"] for r in test)
+    assert all(r["conversations"][0]["value"].endswith(MCQ_PROMPT) for r in train)
+    assert not any(MCQ_PROMPT in r["conversations"][0]["value"] for r in test)
+    # Answers: the solution, then "The answer is X.", which the ScienceQA scorer reads as the record's letter.
+    for record in train:
+        answer = record["conversations"][1]["value"]
+        assert answer.endswith(f" The answer is {record['answer']}.") and len(answer.split(". ")) == 2, answer
+        assert parse_prediction(answer) == record["answer"]
 
 
 def test_cli(tmp_path, capsys):
     assert main(["data", "shapes", str(tmp_path / "w"), "--num-images", "4", "--seed", "1"]) == 0
     assert "images: 4" in capsys.readouterr().out
     assert len(list((tmp_path / "w" / "images").iterdir())) == 4
+
+
+def test_the_scorer_reads_the_gold_letter_from_solution_first_answers(world):
+    from llava_hf.eval.scienceqa import score_scienceqa
+    from llava_hf.eval.shapes import score_by_kind
+
+    out, _ = world
+    test = json.loads((out / "mcq_test.json").read_text())
+    # The test file's own answers ("<solution> The answer is X.") score 100%, overall and per kind; bare letters too.
+    gold = {r["id"]: r["conversations"][1]["value"] for r in test}
+    assert score_scienceqa(gold, test)["accuracy"] == 100.0
+    assert set(score_by_kind(gold, test).values()) == {100.0}
+    assert score_scienceqa({r["id"]: r["answer"] for r in test}, test)["accuracy"] == 100.0
+    wrong = {r["id"]: "ABCDE"[("ABCDE".index(r["answer"]) + 1) % r["num_choices"]] for r in test}
+    assert score_scienceqa(wrong, test)["accuracy"] == 0.0

@@ -210,7 +210,11 @@ def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     generation_args(sqa, 16)
-    sqa.add_argument("--questions", required=True, help="LLaVA-format CQM-A questions (gpt turn = gold letter)")
+    sqa.add_argument(
+        "--questions",
+        required=True,
+        help="LLaVA-format questions (gpt turn = the gold letter, or ends with 'The answer is X.')",
+    )
     sqa.add_argument("--image-root", default=None)
     sqa.add_argument("--problems", default=None, help="official problems.json, for per-category scores")
     sqa.add_argument("--answers", default=None, help="score an existing answers .jsonl (or official result .json)")
@@ -249,7 +253,7 @@ def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
         description="example:\n  llava-hf eval shapes --model out/stage2 --world outputs/shapes --output-dir out/eval/shapes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    generation_args(shapes, 8)
+    generation_args(shapes, 32)  # a one-sentence solution, then the letter
     shapes.add_argument("--world", required=True, help="folder written by `llava-hf data shapes`")
     shapes.set_defaults(func=_run_eval_shapes)
 
@@ -384,14 +388,16 @@ def _run_eval_shapes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
+    from .data.shapes import MCQ_PROMPT
     from .eval.results import make_results, write_results
     from .eval.shapes import evaluate_shapes
 
     model, processor = _load_model(args)
     metrics = evaluate_shapes(model, processor, args.world, args.output_dir, _settings(args), Path(args.model).name)
     data = {"questions": Path(args.world) / "mcq_test.json"}
+    settings = asdict(_settings(args)) | {"prompt_suffix": MCQ_PROMPT}  # what each test question was asked with
     path = write_results(
-        make_results("shapes", args.model, data, asdict(_settings(args)), metrics),
+        make_results("shapes", args.model, data, settings, metrics),
         Path(args.output_dir) / "results.json",
     )
     print(

@@ -5,8 +5,8 @@ COCO-style annotations with five captions and normalised boxes. From that ground
 
 - stage-1 caption pairs (image + caption),
 - template-based instruction data of the paper's three types: conversation, detailed description, complex reasoning,
-- ScienceQA-format (CQM-A) multiple-choice questions with known answers (colour, shape, count, relative position),
-  split by image into train and test.
+- ScienceQA-format multiple-choice questions with known answers (colour, shape, count, relative position), split by
+  image into train and test: the CQM question and MCQ_PROMPT, answered with a one-sentence solution and the letter.
 
 Everything is a pure function of `(seed, index)`, so any image can be regenerated alone and the output is identical
 across runs and machines.
@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .scienceqa import LETTER_PROMPT, LETTERS, format_cqm
+from .scienceqa import LETTERS, format_answer, format_cqm
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -35,6 +35,9 @@ COLORS = {
 SIZES = {"small": (18, 28), "large": (36, 52)}  # half-extent in pixels at 224 px
 BACKGROUND = (245, 245, 240)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+# The multiple-choice instruction, on training and test questions alike: the answer states what the image shows, then
+# the letter, as LLaVA v1's ScienceQA answers do (`format_answer("LEA", ...)`: "... The answer is B.").
+MCQ_PROMPT = "\nAnswer with a short reason, then the option's letter."
 
 # Our own phrasings (the paper's brief-description instructions are not reproduced here).
 CAPTION_INSTRUCTIONS = (
@@ -282,24 +285,46 @@ def questions(scene: Scene, max_objects: int = 4) -> list[dict[str, Any]]:
     objects = list(scene.objects)
     out = []
 
-    def add(kind: str, question: str, answer: str, distractors: list[str]) -> None:
+    def add(kind: str, question: str, answer: str, distractors: list[str], solution: str) -> None:
         options = [answer] + rng.sample(distractors, k=min(len(distractors), rng.randint(1, 3)))
         rng.shuffle(options)
-        out.append({"kind": kind, "question": question, "choices": options, "answer": options.index(answer)})
+        out.append(
+            {
+                "kind": kind,
+                "question": question,
+                "choices": options,
+                "answer": options.index(answer),
+                "solution": solution,
+            }
+        )
 
     unique_shapes = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
     if unique_shapes:
         obj = rng.choice(unique_shapes)
-        add("color", f"What color is the {obj.shape}?", obj.color, [c for c in COLORS if c != obj.color])
+        add(
+            "color",
+            f"What color is the {obj.shape}?",
+            obj.color,
+            [c for c in COLORS if c != obj.color],
+            f"The {obj.shape} is {obj.color}.",
+        )
     unique_colors = [o for o in objects if sum(p.color == o.color for p in objects) == 1]
     if unique_colors:
         obj = rng.choice(unique_colors)
-        add("shape", f"What shape is the {obj.color} object?", obj.shape, [s for s in SHAPES if s != obj.shape])
+        add(
+            "shape",
+            f"What shape is the {obj.color} object?",
+            obj.shape,
+            [s for s in SHAPES if s != obj.shape],
+            f"The {obj.color} object is {_a(obj.shape)}.",
+        )
+    count = len(objects)
     add(
         "count",
         "How many shapes are in the image?",
-        str(len(objects)),
-        [str(n) for n in range(1, max_objects + 1) if n != len(objects)],
+        str(count),
+        [str(n) for n in range(1, max_objects + 1) if n != count],
+        f"There {'is' if count == 1 else 'are'} {count} shape{'' if count == 1 else 's'}.",
     )
     pairs = [(a, b, _relation(a, b)) for a in objects for b in objects if a is not b]
     horizontal = [(a, b, r) for a, b, r in pairs if r in ("left of", "right of")]
@@ -311,6 +336,7 @@ def questions(scene: Scene, max_objects: int = 4) -> list[dict[str, Any]]:
             f"Is the {a.name} to the left or to the right of the {b.name}?",
             side,
             ["left" if side == "right" else "right"],
+            f"The {a.name} is to the {side} of the {b.name}.",
         )
     return out
 
@@ -339,7 +365,7 @@ def build_shapes_world(
     Layout: `images/<id>.png`; `annotations/instances.json` and `annotations/captions.json` (COCO style) and
     `annotations/caps_boxes.jsonl` (captions + normalised boxes per image, LLaVA-Bench's layout);
     `stage1.json` (caption pairs, train images), `instruct.json` (conversation / detail / complex, train images),
-    `mcq_train.json` and `mcq_test.json` (CQM-A questions, split by image), all LLaVA records.
+    `mcq_train.json` and `mcq_test.json` (multiple-choice questions, split by image), all LLaVA records.
     """
     from tqdm.auto import tqdm
 
@@ -416,20 +442,24 @@ def build_shapes_world(
             )
         for number, question in enumerate(questions(scene, max_objects)):
             prompt = format_cqm(question["question"], "", question["choices"], has_image=True)
+            letter = LETTERS[question["answer"]]
             record = {
                 "id": f"{scene.image_id}-q{number}",
                 "image": file_name,
                 "conversations": [
                     {
                         "from": "human",
-                        # Training questions carry LLaVA-1.5's letter instruction, which the evaluation runner
-                        # appends to the test questions at inference (so those stay bare here).
-                        "value": prompt if test else prompt + LETTER_PROMPT,
+                        # Training questions carry MCQ_PROMPT, which the evaluation runner appends to the test
+                        # questions at inference (so those stay bare here).
+                        "value": prompt if test else prompt + MCQ_PROMPT,
                     },
-                    {"from": "gpt", "value": LETTERS[question["answer"]]},
+                    # What the image shows, then the letter ("The circle is red. The answer is B."): the letter is
+                    # read off an answer the model has just written instead of being mapped from the image in one
+                    # step, which a 135M LM does not learn from a few hundred questions (bench/RESULTS.md).
+                    {"from": "gpt", "value": format_answer("LEA", letter, "", question["solution"])},
                 ],
                 "kind": question["kind"],
-                "answer": LETTERS[question["answer"]],
+                "answer": letter,
                 "num_choices": len(question["choices"]),
             }
             (mcq_test if test else mcq_train).append(record)

@@ -55,9 +55,9 @@ def score_scienceqa(
 ) -> dict[str, Any]:
     """Score `predictions` (question id -> model output) against LLaVA-format ScienceQA `questions`.
 
-    `questions` are LLaVA records (`id`, optional `image`, `conversations` whose gpt turn is the gold letter), as in
-    `llava_test_CQM-A.json`; records converted by llava-hf also carry `subject`, `context_modality` and `grade`.
-    `problems` (the official `problems.json`) adds those categories when the records lack them.
+    `questions` are LLaVA records (`id`, optional `image`, `conversations` whose gpt turn is the gold letter or a
+    solution ending in "The answer is X."), as in `llava_test_CQM-A.json`; records converted by llava-hf also carry
+    `subject`, `context_modality` and `grade`. `problems` (the official `problems.json`) adds those categories when the records lack them.
 
     Returns accuracy overall and on the image subset, per category (subject NAT/SOC/LAN, context TXT/IMG/NO, grade
     G1-6/G7-12) where known, the number of failed parses (scored wrong) and per-question `parsed` letters.
@@ -68,7 +68,14 @@ def score_scienceqa(
     failed, out_of_range, missing = [], [], []
     for record in questions:
         qid = str(record["id"])
-        gold = record["conversations"][1]["value"].strip()  # the gold letter of the question file
+        # The gold letter: the gpt turn itself ("B", CQM-A files) or read from a solution-first answer ("... The
+        # answer is B.", QCM-LEA files and the shapes world) with the same parser as the predictions.
+        gold = parse_prediction(record["conversations"][1]["value"].strip(), OPTIONS)
+        if gold == FAILED:
+            raise ValueError(
+                f"question {qid!r}: its gpt turn {record['conversations'][1]['value']!r} names no option letter; the "
+                "gold answer must be a letter or end with 'The answer is X.'."
+            )
         question = record["conversations"][0]["value"]
         n_options = num_options(question) or len(OPTIONS)
         if qid not in predictions:

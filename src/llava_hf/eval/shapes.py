@@ -5,7 +5,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .runner import SCIENCEQA_SUFFIX, GenerationSettings, load_questions, read_answers, run_inference
+from ..data.shapes import MCQ_PROMPT
+from .runner import GenerationSettings, load_questions, read_answers, run_inference
 from .scienceqa import parse_prediction, score_scienceqa
 
 
@@ -28,17 +29,20 @@ def evaluate_shapes(
 ) -> dict[str, Any]:
     """Answer `mcq_test.json` with the images and again with blank images; score both with the ScienceQA scorer.
 
+    Each question gets the world's `MCQ_PROMPT`, as its training questions did; the letter is read from the answer's
+    "The answer is X." (or a bare letter).
+
     Returns accuracy, the blind accuracy, the gap (how much the model uses the image), chance (the mean of
     1 / number of options), per-kind accuracies and failed parses of both runs.
     """
     world, output_dir = Path(world), Path(output_dir)
-    settings = settings or GenerationSettings(max_new_tokens=8)
+    settings = settings or GenerationSettings(max_new_tokens=32)  # a one-sentence solution, then the letter
     records = json.loads((world / "mcq_test.json").read_text())
     questions = load_questions(world / "mcq_test.json", world / "images")
     metrics: dict[str, Any] = {}
     for label, blank in (("", False), ("blind_", True)):
         answers = output_dir / f"answers{'_blind' if blank else ''}.jsonl"
-        run_inference(model, processor, questions, answers, settings, model_id, SCIENCEQA_SUFFIX, blank, progress)
+        run_inference(model, processor, questions, answers, settings, model_id, MCQ_PROMPT, blank, progress)
         predictions = {qid: row["text"] for qid, row in read_answers(answers).items()}
         scored = score_scienceqa(predictions, records)
         metrics[f"{label}accuracy"] = scored["accuracy"]
