@@ -1,6 +1,7 @@
 """recipes/sft.py through `accelerate launch`: stages, freezing, LoRA, bad recipes, NaN, resume, DDP, saving under
 ZeRO-3 and FSDP2, precision, the collator's counts."""
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -626,3 +628,45 @@ def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, sta
     logged = sum(row.get("collator/truncated", 0) for row in record["log_history"])
     assert logged == expected.stats["truncated"]
     assert f"truncated: {expected.stats['truncated']}" in result.stdout
+
+
+def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tester):
+    # LlavaSFTTrainer.compute_loss runs TRL's fused head compacted to the labelled positions on every device: same
+    # loss, metrics and gradients as scoring every position, with the head applied to the labelled rows only.
+    import trl.kernels.chunked_logprob as kernels
+    from trl.trainer.utils import add_fused_lm_head
+
+    from llava_hf.training import _compact_fused_lm_head
+
+    inputs = tester.prepare_inputs(batch_size=3)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -4:] = inputs["input_ids"][:, -4:]  # the answer: the last 4 tokens of each row
+    labels[2, -4:-2] = -100
+    rows = []
+    apply = kernels.ChunkedLogProbFunction.apply
+
+    def counting_apply(hidden, *args):
+        rows.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    results = []
+    for compact in (False, True):
+        model = tester.get_model().train()
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        with (
+            mock.patch.object(kernels.ChunkedLogProbFunction, "apply", counting_apply),
+            _compact_fused_lm_head() if compact else contextlib.nullcontext(),
+        ):
+            out = model(**inputs, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (full, full_grads), (compact, compact_grads) = results
+    n_labelled = int((labels[:, 1:] != -100).sum())
+    assert rows == [3 * (labels.shape[1] - 1), n_labelled] == [3 * (labels.shape[1] - 1), 10]
+    torch.testing.assert_close(compact.loss, full.loss)
+    for field in ("log_probs", "entropy", "is_top1", "label_mask"):
+        torch.testing.assert_close(getattr(compact, field), getattr(full, field))
+    assert compact_grads.keys() == full_grads.keys() and compact_grads
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(compact_grads[name], grad, rtol=1e-4, atol=1e-6)

@@ -408,6 +408,20 @@ class ModalityGroupedSampler(Sampler[int]):
         return iter([i for batch in batches for i in batch])
 
 
+@contextmanager
+def _compact_fused_lm_head():
+    """Inside, TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only positions with a label on every
+    device, as it does on Triton devices; on CPUs and GPUs this changes no result (tested), only the work."""
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True  # read only by the fused head, to decide whether to compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def make_trainer_class():
     """`LlavaSFTTrainer`: TRL's SFTTrainer + a NaN/inf guard, a projector learning rate, modality grouping, the
     collator's counts summed in the main process, and saving that keeps llava_hf's remote code under FSDP2."""
@@ -440,6 +454,14 @@ def make_trainer_class():
                     "Lower the learning rate, check the data (llava-hf data check), or train in float32/bfloat16."
                 )
             return loss
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            # TRL's fused LM head scores only the supervised positions where Triton runs (CUDA, XPU) and every
+            # position elsewhere, in float32, so that Neuron-style compilers see fixed shapes. On a CPU that is ~45%
+            # of a stage-2 step (49,152-word head over every prompt token; bench/RESULTS.md) for the same loss: score
+            # the supervised positions there too. The kernel itself (Triton or torch tiles) is chosen as before.
+            with _compact_fused_lm_head():
+                return super().compute_loss(model, inputs, *args, **kwargs)
 
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop(BATCH_STATS_KEY, None)
