@@ -670,3 +670,25 @@ def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tes
     assert compact_grads.keys() == full_grads.keys() and compact_grads
     for name, grad in full_grads.items():
         torch.testing.assert_close(compact_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_trainer_compacts_the_fused_head_on_cpus_only_while_computing_the_loss(monkeypatch):
+    import trl.trainer.utils as trl_utils
+    from trl import SFTTrainer
+
+    from llava_hf.training import make_trainer_class
+
+    original = trl_utils._use_triton
+    seen = {}
+
+    def fake_compute_loss(self, model, inputs, *args, **kwargs):
+        seen["cpu"] = trl_utils._use_triton(torch.device("cpu"))
+        seen["meta"] = trl_utils._use_triton(torch.device("meta"))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", fake_compute_loss)
+    trainer_class = make_trainer_class()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer_class.compute_loss(object.__new__(trainer_class), None, {})
+    assert seen == {"cpu": True, "meta": False}  # other devices keep TRL's choice
+    assert trl_utils._use_triton is original  # restored, even after an exception

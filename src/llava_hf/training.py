@@ -410,12 +410,17 @@ class ModalityGroupedSampler(Sampler[int]):
 
 @contextmanager
 def _compact_fused_lm_head():
-    """Inside, TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only positions with a label on every
-    device, as it does on Triton devices; on CPUs and GPUs this changes no result (tested), only the work."""
+    """Inside, TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only the labelled positions on CPUs
+    too, as it does on Triton devices (same loss, metrics and gradients: tested). Other devices keep TRL's choice
+    (compilers such as Neuron's want fixed shapes). `_use_triton` is read there only to decide whether to compact;
+    the kernel is chosen in `trl.kernels` from its own copy. Without the name (another TRL), nothing changes."""
     import trl.trainer.utils as trl_utils
 
-    original = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: True  # read only by the fused head, to decide whether to compact
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
     try:
         yield
     finally:
@@ -457,9 +462,9 @@ def make_trainer_class():
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             # TRL's fused LM head scores only the supervised positions where Triton runs (CUDA, XPU) and every
-            # position elsewhere, in float32, so that Neuron-style compilers see fixed shapes. On a CPU that is ~45%
-            # of a stage-2 step (49,152-word head over every prompt token; bench/RESULTS.md) for the same loss: score
-            # the supervised positions there too. The kernel itself (Triton or torch tiles) is chosen as before.
+            # position elsewhere, so that Neuron-style compilers see fixed shapes; on a CPU it does so in float32,
+            # ~45% of a stage-2 step (49,152-word head over every prompt token; bench/RESULTS.md) for the same loss.
+            # Score the supervised positions on CPUs too. The kernel (Triton or torch tiles) is chosen as before.
             with _compact_fused_lm_head():
                 return super().compute_loss(model, inputs, *args, **kwargs)
 
