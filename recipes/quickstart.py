@@ -66,7 +66,7 @@ def main() -> None:
     )
     run(
         [str(bin_dir / "llava-hf"), "eval", "shapes", "--model", str(stage2), "--world", str(shapes)]
-        + ["--output-dir", str(out / "eval"), "--batch-size", "16", "--max-new-tokens", "32"]
+        + ["--output-dir", str(out / "eval"), "--batch-size", "16"]
     )
     metrics = json.loads((out / "eval" / "results.json").read_text())["metrics"]
     minutes = (time.perf_counter() - start) / 60
@@ -76,7 +76,7 @@ def main() -> None:
 
     import llava_hf  # noqa: F401
     from llava_hf.data.scienceqa import format_cqm
-    from llava_hf.data.shapes import MCQ_PROMPT, generate_scene, questions, render
+    from llava_hf.data.shapes import MCQ_MAX_NEW_TOKENS, MCQ_PROMPT, generate_scene, questions, render
 
     model = AutoModelForImageTextToText.from_pretrained(stage2).eval()
     processor = AutoProcessor.from_pretrained(stage2)
@@ -89,10 +89,8 @@ def main() -> None:
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    answer = processor.decode(
-        model.generate(**inputs, max_new_tokens=32, do_sample=False)[0, inputs["input_ids"].shape[1] :],
-        skip_special_tokens=True,
-    )
+    generated = model.generate(**inputs, max_new_tokens=MCQ_MAX_NEW_TOKENS, do_sample=False)
+    answer = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     print("\n" + "=" * 72)
     print(

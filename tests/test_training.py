@@ -631,7 +631,7 @@ def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, sta
 
 
 def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tester):
-    # LlavaSFTTrainer.compute_loss runs TRL's fused head compacted to the labelled positions on every device: same
+    # LlavaSFTTrainer.compute_loss runs TRL's fused head compacted to the labelled positions on CPUs as well: same
     # loss, metrics and gradients as scoring every position, with the head applied to the labelled rows only.
     import trl.kernels.chunked_logprob as kernels
     from trl.trainer.utils import add_fused_lm_head

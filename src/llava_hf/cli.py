@@ -185,6 +185,8 @@ def _run_data_scienceqa(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .data.shapes import MCQ_MAX_NEW_TOKENS  # the default length of `eval shapes` answers
+
     evaluation = subparsers.add_parser("eval", help="evaluate a checkpoint: scienceqa, llava-bench, shapes")
     verbs = evaluation.add_subparsers(dest="verb", required=True)
 
@@ -253,7 +255,7 @@ def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
         description="example:\n  llava-hf eval shapes --model out/stage2 --world outputs/shapes --output-dir out/eval/shapes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    generation_args(shapes, 32)  # a one-sentence solution, then the letter
+    generation_args(shapes, MCQ_MAX_NEW_TOKENS)
     shapes.add_argument("--world", required=True, help="folder written by `llava-hf data shapes`")
     shapes.set_defaults(func=_run_eval_shapes)
 

@@ -38,6 +38,8 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 # The multiple-choice instruction, on training and test questions alike: the answer states what the image shows, then
 # the letter, as LLaVA v1's ScienceQA answers do (`format_answer("LEA", ...)`: "... The answer is B.").
 MCQ_PROMPT = "\nAnswer with a short reason, then the option's letter."
+# Room for the longest such answer (17 SmolLM2 tokens, a position question) and the end token.
+MCQ_MAX_NEW_TOKENS = 32
 
 # Our own phrasings (the paper's brief-description instructions are not reproduced here).
 CAPTION_INSTRUCTIONS = (

@@ -57,7 +57,8 @@ def score_scienceqa(
 
     `questions` are LLaVA records (`id`, optional `image`, `conversations` whose gpt turn is the gold letter or a
     solution ending in "The answer is X."), as in `llava_test_CQM-A.json`; records converted by llava-hf also carry
-    `subject`, `context_modality` and `grade`. `problems` (the official `problems.json`) adds those categories when the records lack them.
+    `subject`, `context_modality` and `grade`. `problems` (the official `problems.json`) adds those categories when
+    the records lack them.
 
     Returns accuracy overall and on the image subset, per category (subject NAT/SOC/LAN, context TXT/IMG/NO, grade
     G1-6/G7-12) where known, the number of failed parses (scored wrong) and per-question `parsed` letters.

@@ -5,7 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..data.shapes import MCQ_PROMPT
+from ..data.shapes import MCQ_MAX_NEW_TOKENS, MCQ_PROMPT
 from .runner import GenerationSettings, load_questions, read_answers, run_inference
 from .scienceqa import parse_prediction, score_scienceqa
 
@@ -36,7 +36,7 @@ def evaluate_shapes(
     1 / number of options), per-kind accuracies and failed parses of both runs.
     """
     world, output_dir = Path(world), Path(output_dir)
-    settings = settings or GenerationSettings(max_new_tokens=32)  # a one-sentence solution, then the letter
+    settings = settings or GenerationSettings(max_new_tokens=MCQ_MAX_NEW_TOKENS)
     records = json.loads((world / "mcq_test.json").read_text())
     questions = load_questions(world / "mcq_test.json", world / "images")
     metrics: dict[str, Any] = {}
