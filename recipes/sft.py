@@ -6,9 +6,9 @@
 Stage 1 (feature alignment, only the projector trains) and stage 2 (instruction tuning, projector + LM, fully or
 with LoRA) differ only in their YAML. Examples:
 
-    # the offline quickstart's stages, on 2 CPU cores
-    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage1.yaml
-    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage2.yaml
+    # the offline quickstart's stages, on 2 CPU cores (bf16 autocast on a CPU needs --use_cpu true)
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage1.yaml --use_cpu true
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/sft.py --config recipes/offline/stage2.yaml --use_cpu true
 
     # LLaVA-1.5-7B on 8 GPUs (ZeRO-3)
     accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/llava-v1.5/stage1.yaml
@@ -31,6 +31,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     from llava_hf.data.collator import format_stats
     from llava_hf.grounding import ImageGainCallback, hold_out_rows, write_training_curves
     from llava_hf.training import (
+        calibrate_projector_input,
         load_model_for_stage,
         make_trainer_class,
         resolve_precision,
@@ -66,6 +67,13 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
         stats_in_batch=True,  # counted in dataloader workers, summed by the trainer
     )
+
+    if model_args.projector_input_norm == "standardize":  # the projector's input statistics, from training images
+        measured = calibrate_projector_input(
+            model, collator, dataset, model_args.projector_norm_images, device=training_args.device
+        )
+        if training_args.process_index == 0:
+            print(f"projector input statistics: {measured}")
 
     # Training: TRL's SFTTrainer with the assistant-only collator; no dataset preparation, columns kept.
     training_args.remove_unused_columns = False

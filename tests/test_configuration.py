@@ -98,3 +98,12 @@ def test_pooled_feature_grid_sets_the_token_count():
 def test_invalid_pool_sizes_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LlavaConfig(**kwargs)
+
+
+def test_projector_input_norm_is_validated_and_saved(tmp_path):
+    with pytest.raises(ValueError, match=r"projector_input_norm must be one of \[None, 'standardize'\]"):
+        LlavaConfig(projector_input_norm="batchnorm")
+    config = LlavaConfig(projector_input_norm="standardize")
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).projector_input_norm == "standardize"
+    assert LlavaConfig().projector_input_norm is None  # LLaVA's projector reads the features as they are

@@ -117,6 +117,26 @@ def test_llava_hf_to_hf_llava_round_trip(tmp_path):
         assert torch.equal(value, back.state_dict()[key]), key
 
 
+def test_standardized_projector_folds_into_hf_llava(tmp_path):
+    # projector_input_norm="standardize" has no place in transformers' Llava; folded into linear_1, the converted
+    # model gives the same logits.
+    tester = LlavaModelTester()
+    config = tester.get_config()
+    config.projector_input_norm = "standardize"
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(type(config)(**config.to_dict())).eval()
+    width = model.model.multi_modal_projector.feature_mean.shape[0]
+    model.model.multi_modal_projector.set_feature_statistics(torch.randn(width), torch.rand(width) + 0.5)
+    model.save_pretrained(tmp_path / "ours")
+    tester.get_processor().save_pretrained(tmp_path / "ours")
+    convert(tmp_path / "ours", tmp_path / "hf", to="hf-llava")
+    reference = HFLlava.from_pretrained(tmp_path / "hf").eval()
+    inputs = tester.prepare_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(reference(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    assert not any("feature_" in key for key in load_file(tmp_path / "hf" / "model.safetensors"))
+
+
 def test_options_a_conversion_would_ignore_are_refused(tmp_path):
     """`--chat-template` only for original checkpoints, `--image-processor-backend` only towards llava_hf."""
     _save_hf_llava(tmp_path / "hf", module_layout=True)

@@ -388,3 +388,47 @@ def test_timm_towers_give_image_seq_length_tokens(architecture, pool_size, token
         assert model.get_image_features(torch.randn(2, 3, 64, 64)).shape[:2] == (2, tokens)
         if architecture == "test_efficientnet":
             assert model.get_image_features(torch.randn(1, 3, 64, 96)).shape[:2] == (1, tokens)
+
+
+def test_standardized_projector_reads_standardized_features(tmp_path):
+    # projector_input_norm="standardize": (features - feature_mean) / feature_std, then LLaVA's projector; identity
+    # until measured; the statistics are saved and reloaded with the weights.
+    from transformers import AutoModelForImageTextToText
+
+    config = LlavaModelTester().get_config()
+    plain_config = type(config)(**config.to_dict())
+    config.projector_input_norm = "standardize"
+    config = type(config)(**config.to_dict())
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    plain = LlavaForConditionalGeneration(plain_config).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    projector, plain_projector = model.model.multi_modal_projector, plain.model.multi_modal_projector
+    features = torch.randn(2, 16, projector.feature_mean.shape[0]) * 3 + 5
+    with torch.no_grad():
+        torch.testing.assert_close(projector(features), plain_projector(features))
+        mean, std = features.mean((0, 1)), features.std((0, 1))
+        projector.set_feature_statistics(mean, std)
+        torch.testing.assert_close(projector(features), plain_projector((features - mean) / std))
+        assert not torch.allclose(projector(features), plain_projector(features))
+    with pytest.raises(ValueError, match="positive standard deviation"):
+        projector.set_feature_statistics(mean, torch.zeros_like(std))
+    with pytest.raises(ValueError, match="do not match the projector's input width"):
+        projector.set_feature_statistics(mean[:3], std[:3])
+    with pytest.raises(ValueError, match='projector_input_norm="standardize"'):
+        plain_projector.set_feature_statistics(mean, std)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded.model.multi_modal_projector.feature_mean, mean)
+    torch.testing.assert_close(reloaded.model.multi_modal_projector.feature_std, std)
+    pixel_values = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.get_image_features(pixel_values), model.get_image_features(pixel_values))
+
+
+def test_no_split_modules_name_only_classes_the_model_builds():
+    # FSDP's transformer auto-wrap (accelerate < 1.16) raises on a listed class it cannot find in the model.
+    model = LlavaModelTester().get_model()
+    present = {type(module).__name__ for module in model.modules()}
+    assert {"CLIPEncoderLayer", "LlamaDecoderLayer"} <= model._no_split_modules <= present
+    assert "CLIPTextEmbeddings" not in model._no_split_modules

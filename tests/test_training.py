@@ -190,6 +190,52 @@ def test_stage2_keeps_the_vision_tower_and_trains_the_lm(workspace, stage1):
     AutoModelForImageTextToText.from_pretrained(workspace / "stage2")
 
 
+def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(workspace):
+    # projector_input_norm: standardize measures the tower's features on the first projector_norm_images training
+    # images before stage 1 trains; the buffers are saved, and stage 2 (LoRA, merged) keeps them as they are.
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    recipe = _recipe(workspace, "stage1_std", projector_input_norm="standardize", projector_norm_images=4)
+    result = _launch(recipe)
+    assert "projector input statistics: {'images': 4, 'feature_tokens': 64" in result.stdout
+    out = workspace / "stage1_std"
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    records = json.loads((workspace / "world" / "stage1.json").read_text())[:4]
+    images = [Image.open(workspace / "world" / "images" / r["image"]).convert("RGB") for r in records]
+    pixel_values = processor(images=images, text=["<image>"] * 4, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = model.model._vision_features(pixel_values).flatten(0, 1)
+    projector = model.model.multi_modal_projector
+    torch.testing.assert_close(projector.feature_mean, features.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(projector.feature_std, features.std(0, unbiased=False), atol=1e-5, rtol=1e-4)
+    assert (
+        json.loads((out / "llava_hf_training.json").read_text())["model_args"]["projector_input_norm"] == "standardize"
+    )
+
+    stage2 = _recipe(
+        workspace,
+        "stage2_std",
+        stage="2",
+        model_name_or_path=str(out),
+        vision_model=None,
+        language_model=None,
+        train_files=[str(workspace / "world" / "mcq_train.json")],
+        use_lora=True,
+        lora_r=4,
+        lora_alpha=8,
+        grounding_samples=0,
+    )
+    _launch(stage2)
+    before, after = _weights(out), _weights(workspace / "stage2_std")
+    for key in ("model.multi_modal_projector.feature_mean", "model.multi_modal_projector.feature_std"):
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(
+        before["model.multi_modal_projector.linear_1.weight"], after["model.multi_modal_projector.linear_1.weight"]
+    )
+
+
 def test_lora_saves_the_adapter_and_merges(workspace, stage1):
     recipe = _recipe(
         workspace,
@@ -235,6 +281,14 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
         ({"stage": "2", "model_name_or_path": ".", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
         ({"vision_model": "offline-default", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
         ({"stage": "2", "model_name_or_path": ".", "vision_feature_pool_size": 3}, "vision_feature_pool_size applies"),
+        (
+            {"stage": "2", "model_name_or_path": ".", "projector_input_norm": "standardize"},
+            "projector_input_norm applies",
+        ),
+        (
+            {"projector_input_norm": "standardize", "projector_norm_images": 1},
+            "projector_norm_images must be at least",
+        ),
     ],
 )
 def test_bad_recipes_fail_before_training(tmp_path, model_overrides, message):

@@ -45,6 +45,7 @@ def build_llava_from_pretrained(
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
     vision_feature_pool_size: int | None = None,
+    projector_input_norm: str | None = None,
     image_aspect_ratio: str = "pad",
     chat_template: str | None = "vicuna_v1",
     image_token: str = "<image>",
@@ -70,6 +71,8 @@ def build_llava_from_pretrained(
         projector_type: `"linear"` (LLaVA v1) or `"mlp2x_gelu"` (LLaVA-1.5).
         vision_feature_pool_size: average-pool the tower's feature grid to `n x n` tokens (`None`: every patch, as
             LLaVA); see `LlavaConfig`.
+        projector_input_norm: `None` (LLaVA) or `"standardize"`: per-channel standardisation of the tower's
+            features, whose statistics `llava_hf.training.calibrate_projector_input` measures; see `LlavaConfig`.
         image_aspect_ratio: `"pad"` (LLaVA-1.5) or `"square"` (LLaVA v1).
         chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a Jinja string, or `None` for the
             tokenizer's own.
@@ -118,6 +121,7 @@ def build_llava_from_pretrained(
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         vision_feature_pool_size=vision_feature_pool_size,
+        projector_input_norm=projector_input_norm,
         image_aspect_ratio=image_aspect_ratio,
         tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
     )

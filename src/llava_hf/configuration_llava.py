@@ -18,6 +18,7 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+PROJECTOR_INPUT_NORMS = (None, "standardize")
 # transformers' names first; LLaVA's `mm_vision_select_feature` values map onto them.
 FEATURE_SELECT_STRATEGIES = {"default": "default", "full": "full", "patch": "default", "cls_patch": "full"}
 IMAGE_ASPECT_RATIOS = ("square", "pad")
@@ -118,6 +119,12 @@ class LlavaConfig(PreTrainedConfig):
         Activation between the two layers of `mlp2x_gelu`.
     multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
         Whether the projector's linear layers have a bias.
+    projector_input_norm (`str`, *optional*):
+        `None` (LLaVA): the projector reads the tower's features as they are. `"standardize"`: it first subtracts a
+        per-channel mean and divides by a per-channel standard deviation, buffers measured on training images
+        before stage 1 (`llava_hf.training.calibrate_projector_input`) and saved with the checkpoint. For towers
+        whose features are far from centred (a CNN's post-activation maps), this lets the projector learn from
+        what differs between images instead of a large shared offset.
     vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
         Hidden state of the ViT used as image features (LLaVA: the penultimate layer). A list concatenates layers.
         timm backbones always use their final feature grid.
@@ -178,6 +185,7 @@ class LlavaConfig(PreTrainedConfig):
     projector_type: str = "linear"
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
+    projector_input_norm: str | None = None
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     vision_feature_pool_size: int | None = None
@@ -190,6 +198,11 @@ class LlavaConfig(PreTrainedConfig):
             raise ValueError(
                 f"LlavaConfig.projector_type must be one of {list(PROJECTOR_TYPES)}, got {self.projector_type!r}; "
                 'use "linear" (LLaVA v1) or "mlp2x_gelu" (LLaVA-1.5).'
+            )
+        if self.projector_input_norm not in PROJECTOR_INPUT_NORMS:
+            raise ValueError(
+                f"LlavaConfig.projector_input_norm must be one of {list(PROJECTOR_INPUT_NORMS)}, got "
+                f'{self.projector_input_norm!r}; use None (LLaVA) or "standardize".'
             )
         if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(

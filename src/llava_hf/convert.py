@@ -41,7 +41,6 @@ from .processing_llava import IMAGE_PROCESSOR_BACKENDS, LlavaHfProcessor
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("hf-llava", "original", "llava_hf")
 TARGETS = ("llava_hf", "hf-llava")
 
 
@@ -202,6 +201,24 @@ def convert_hf_llava_to_llava_hf(src: Path, dst: Path, image_processor_backend: 
         logger.warning("%s has no tokenizer files: wrote the model only", src)
 
 
+def _fold_feature_statistics(state: dict[str, torch.Tensor], src: Path) -> dict[str, torch.Tensor]:
+    """`projector_input_norm="standardize"` folded into `linear_1`, which transformers' Llava has:
+    W((x - mean) / std) + b = (W / std) x + (b - (W / std) mean), exactly, in float64."""
+    prefix = next((k[: -len("feature_mean")] for k in state if k.endswith("multi_modal_projector.feature_mean")), None)
+    if prefix is None or prefix + "linear_1.bias" not in state:
+        raise ConversionError(
+            f"{src}: projector_input_norm='standardize' needs the projector's feature_mean / feature_std and a "
+            "linear_1 bias to fold them into; this checkpoint lacks them."
+        )
+    state = dict(state)
+    mean, std = state.pop(prefix + "feature_mean").double(), state.pop(prefix + "feature_std").double()
+    weight, bias = state[prefix + "linear_1.weight"], state[prefix + "linear_1.bias"]
+    folded = weight.double() / std
+    state[prefix + "linear_1.weight"] = folded.to(weight.dtype)
+    state[prefix + "linear_1.bias"] = (bias.double() - folded @ mean).to(bias.dtype)
+    return state
+
+
 def _read_chat_template(src: Path) -> str | None:
     path = src / "chat_template.jinja"
     if path.is_file():
@@ -256,6 +273,8 @@ def convert_llava_hf_to_hf_llava(src: Path, dst: Path) -> None:
     with torch.device("meta"):
         hf_model = HFLlava(hf_config)
     state = load_state_dict(src)
+    if config.projector_input_norm == "standardize":
+        state = _fold_feature_statistics(state, src)
     missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:

@@ -145,7 +145,9 @@ class LlavaMultiModalProjector(nn.Module):
     """Maps vision features `(num_images, image_seq_length, vision_hidden_size * num_layers)` to the LM's width.
 
     `linear`: one `nn.Linear` (LLaVA v1). `mlp2x_gelu`: Linear -> GELU -> Linear (LLaVA-1.5). Module names match
-    transformers' Llava (`linear_1`, `linear_2`) so weights convert by name.
+    transformers' Llava (`linear_1`, `linear_2`) so weights convert by name. With `projector_input_norm="standardize"`
+    the features are first standardised per channel by the `feature_mean` / `feature_std` buffers
+    (`set_feature_statistics`).
     """
 
     def __init__(self, config: LlavaConfig):
@@ -157,8 +159,32 @@ class LlavaMultiModalProjector(nn.Module):
         if config.projector_type == "mlp2x_gelu":
             self.act = ACT2FN[config.projector_hidden_act]
             self.linear_2 = nn.Linear(out_features, out_features, bias=config.multimodal_projector_bias)
+        self.standardize = config.projector_input_norm == "standardize"
+        if self.standardize:
+            # Identity until measured: persistent, so the statistics travel with the checkpoint.
+            self.register_buffer("feature_mean", torch.zeros(in_features))
+            self.register_buffer("feature_std", torch.ones(in_features))
+
+    @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the per-channel mean and standard deviation of the features this projector will read."""
+        if not self.standardize:
+            raise ValueError('set_feature_statistics needs a projector built with projector_input_norm="standardize".')
+        if mean.shape != self.feature_mean.shape or std.shape != self.feature_std.shape:
+            raise ValueError(
+                f"feature statistics of shape {tuple(mean.shape)} / {tuple(std.shape)} do not match the projector's "
+                f"input width {self.feature_mean.shape[0]}."
+            )
+        if not torch.isfinite(mean).all() or not (std > 0).all():
+            raise ValueError("feature statistics must be finite with a positive standard deviation.")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            image_features = (image_features - self.feature_mean.to(image_features.dtype)) / self.feature_std.to(
+                image_features.dtype
+            )
         hidden_states = self.linear_1(image_features)
         if self.projector_type == "mlp2x_gelu":
             hidden_states = self.linear_2(self.act(hidden_states))
@@ -177,6 +203,13 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def post_init(self) -> None:
+        super().post_init()
+        # The towers' `_no_split_modules` name classes this model never builds (CLIPVisionModel lists
+        # CLIPTextEmbeddings); accelerate < 1.16's FSDP auto-wrap raises on a listed class it cannot find.
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = {name for name in self._no_split_modules if name in present}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; `auto_map` also names every Auto class llava_hf registers with, so the

@@ -56,6 +56,17 @@ class LlavaModelArguments:
         default=None,
         metadata={"help": "Stage 1: average-pool the feature grid to N x N image tokens (default: every patch)."},
     )
+    projector_input_norm: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 1: 'standardize' standardises the tower's features per channel before the projector, with "
+            "statistics measured on projector_norm_images training images (default: none, as LLaVA)."
+        },
+    )
+    projector_norm_images: int = field(
+        default=256,
+        metadata={"help": "Stage 1: training images whose features give projector_input_norm's statistics."},
+    )
     image_aspect_ratio: str = field(default="pad", metadata={"help": "pad (LLaVA-1.5) or square (LLaVA v1)."})
     chat_template: str = field(
         default="vicuna_v1",
@@ -164,6 +175,22 @@ def validate_recipe(
             "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
             "checkpoint's (its config.json)."
         )
+    if model_args.projector_input_norm is not None:
+        if model_args.stage != "1":
+            raise RecipeError(
+                "projector_input_norm applies to stage 1, which builds the projector and measures its statistics; stage "
+                "2 keeps the stage-1 checkpoint's (its config.json and the projector's feature_mean / feature_std)."
+            )
+        if model_args.projector_norm_images < 2:
+            raise RecipeError(f"projector_norm_images must be at least 2, got {model_args.projector_norm_images}.")
+        if training_args is not None and uses_deepspeed(training_args):
+            zero = training_args.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+            if zero.get("stage") == 3:
+                raise RecipeError(
+                    "projector_input_norm measures the tower's features before training, which needs the whole tower "
+                    "in memory; under ZeRO-3 its weights are partitioned. Use ZeRO-2 (recipes/accelerate/zero2.yaml) "
+                    "or DDP for stage 1."
+                )
     if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
         raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
     if training_args is not None and uses_deepspeed(training_args):
@@ -308,6 +335,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 chat_template=template,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
+                projector_input_norm=model_args.projector_input_norm,
                 attn_implementation=model_args.attn_implementation,
                 dtype=dtype,
                 seed=model_args.seed_projector,
@@ -319,6 +347,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 projector_type=model_args.projector_type,
                 vision_feature_layer=model_args.vision_feature_layer,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
+                projector_input_norm=model_args.projector_input_norm,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 chat_template=template,
                 image_processor_backend=model_args.image_processor_backend,
@@ -339,6 +368,62 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
     if training_args is not None:
         check_trainable_dtypes(model, training_args)
     return model, processor
+
+
+@torch.no_grad()
+def calibrate_projector_input(
+    model: torch.nn.Module,
+    collator: Any,
+    dataset: Any,
+    num_images: int = 256,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure the per-channel mean and standard deviation of the frozen tower's features on the first `num_images`
+    images of `dataset` and store them in the projector (`projector_input_norm="standardize"`).
+
+    The images go through `collator` (the training preprocessing; its counts are left untouched) and the tower as
+    training will run them, in the model's dtype, on `device` (default: where the tower is). Returns what was
+    measured, for the training record.
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    llava = model.model  # LlavaForConditionalGeneration -> LlavaModel (stage 1: no adapter wraps it yet)
+    projector = llava.multi_modal_projector
+    rows = []
+    for row in dataset:
+        if row.get("images"):
+            rows.append(row)
+        if len(rows) == num_images:
+            break
+    if len(rows) < 2:
+        raise ValueError(
+            f"projector_input_norm needs at least 2 training images to measure feature statistics; the dataset has "
+            f"{len(rows)}."
+        )
+    if device is not None:
+        llava.vision_tower.to(device)
+    device = next(llava.vision_tower.parameters()).device
+    collate = replace(collator, stats=collator.stats.__class__(), stats_in_batch=False)
+    total = total_sq = None
+    count = 0
+    for start in tqdm(range(0, len(rows), batch_size), desc="projector input statistics", disable=not progress):
+        batch = collate(rows[start : start + batch_size])
+        pixel_values = batch["pixel_values"].to(device=device, dtype=llava.vision_tower.dtype)
+        features = llava._vision_features(pixel_values).double().flatten(0, -2)  # (images * tokens, channels)
+        total = features.sum(0) if total is None else total + features.sum(0)
+        total_sq = features.square().sum(0) if total_sq is None else total_sq + features.square().sum(0)
+        count += features.shape[0]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    # A channel that is constant on these images (a dead ReLU unit) would be divided by ~0 and blow up on an image
+    # where it fires; floor each std at 1% of the median channel's.
+    std = std.clamp_min(0.01 * std.median().item())
+    projector.set_feature_statistics(mean.float().to(projector.feature_mean), std.float().to(projector.feature_std))
+    return {"images": len(rows), "feature_tokens": count, "channels": int(mean.shape[0])}
 
 
 def set_trainable(model: torch.nn.Module, stage: str) -> None:
