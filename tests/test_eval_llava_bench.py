@@ -198,3 +198,14 @@ def test_official_reviews_summarize_to_their_own_tuples():
         100 * sum(p[1] for p in everything) / sum(p[0] for p in everything)
     )
     assert summary["all"]["count"] == 60
+
+
+def test_rerun_after_a_kill_mid_write_judges_that_question_again(tmp_path):
+    reviews = tmp_path / "reviews.jsonl"
+    review(lambda messages: "8 9\nok", QUESTIONS[:2], CONTEXTS, REFERENCES, CANDIDATES, reviews, progress=False)
+    with reviews.open("a") as handle:  # a kill in the middle of writing the next review
+        handle.write('{"id": 3, "question_id": 2, "cont')
+    again = review(lambda messages: "7 6\nok", QUESTIONS, CONTEXTS, REFERENCES, CANDIDATES, reviews, progress=False)
+    rows = read_jsonl(reviews)
+    assert [r["question_id"] for r in rows] == [0, 1, 2] and rows[2]["tuple"] == [7.0, 6.0]
+    assert again.skipped_existing == 2 and again.reviewed == 1

@@ -261,16 +261,16 @@ def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import llava_hf  # noqa: F401  (registers the Auto classes)
 
+    from .utils import parse_dtype, resolve_device
+
     if not args.model:
         raise ValueError("--model is required to generate answers.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).to(device)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=parse_dtype(args.dtype))
+    model = model.to(resolve_device(args.device))
     return model, AutoProcessor.from_pretrained(args.model)
 
 
@@ -320,9 +320,10 @@ def _run_eval_llava_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from .eval.llava_bench import OpenAIJudge, TransformersJudge, read_jsonl, review, summarize
+    from .eval.llava_bench import OpenAIJudge, TransformersJudge, review, summarize
     from .eval.results import make_results, write_results
     from .eval.runner import load_questions, run_inference
+    from .utils import read_jsonl
 
     out = Path(args.output_dir)
     answers = Path(args.answers) if args.answers else out / "answers.jsonl"
@@ -379,7 +380,8 @@ def _render_summary(summary: dict) -> str:
 
 
 def _run_eval_summarize(args: argparse.Namespace) -> int:
-    from .eval.llava_bench import read_jsonl, summarize
+    from .eval.llava_bench import summarize
+    from .utils import read_jsonl
 
     for path in args.reviews:
         print(f"{path}\n{_render_summary(summarize(read_jsonl(path)))}")

@@ -1,6 +1,5 @@
 """Registration with transformers' Auto classes and the Hub's remote-code mechanism."""
 
-import transformers
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -13,16 +12,13 @@ from .configuration_llava import LlavaConfig
 from .modeling_llava import LlavaForConditionalGeneration, LlavaModel
 from .processing_llava import LlavaHfProcessor
 
-# transformers 5 removed `AutoModelForVision2Seq` in favour of `AutoModelForImageTextToText`; older releases have it.
-AutoModelForVision2Seq = getattr(transformers, "AutoModelForVision2Seq", None)
-
 _registered = False
 
 
 def register() -> None:
-    """Register llava_hf with AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM,
-    AutoProcessor (and AutoModelForVision2Seq where it exists), and mark the classes for `auto_map` so that
-    `save_pretrained` copies the code files next to the weights. Safe to call more than once.
+    """Register llava_hf with AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM and
+    AutoProcessor, and mark the classes for `auto_map` so that `save_pretrained` copies the code files next to the
+    weights. Safe to call more than once.
     """
     global _registered
     if _registered:
@@ -32,8 +28,6 @@ def register() -> None:
     AutoModel.register(LlavaConfig, LlavaModel, exist_ok=True)
     AutoModelForImageTextToText.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
     AutoModelForMultimodalLM.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
-    if AutoModelForVision2Seq is not None:
-        AutoModelForVision2Seq.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlavaConfig, LlavaHfProcessor, exist_ok=True)
 
     LlavaConfig.register_for_auto_class("AutoConfig")

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from .utils import is_hub_id
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("1", "2")
@@ -241,7 +243,8 @@ def validate_recipe(
 
 
 def _looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/")) and not Path(path).parent.exists()
+    # A `namespace/name` whose namespace is not a local folder either (`outputs/stage1` before stage 1 ran is a path).
+    return is_hub_id(path) and not Path(path).parent.exists()
 
 
 FLOAT16_WITHOUT_MASTER_COPY = (

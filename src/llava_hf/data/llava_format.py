@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -66,20 +68,16 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield `(row_number, record)` from a LLaVA `.json` (a top-level array, streamed) or `.jsonl` file."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise RecordError(f"{path} line {number}: not valid JSON ({error.msg}).") from error
+        try:
+            yield from iter_jsonl(path)
+        except ValueError as error:  # a line that is not JSON, named by file and line
+            raise RecordError(str(error)) from error
         return
     import ijson
 
     with path.open("rb") as handle:
         # use_float keeps numbers as float instead of Decimal, as json.load would.
-        for number, record in enumerate(ijson.items(handle, "item", use_float=True), start=1):
-            yield number, record
+        yield from enumerate(ijson.items(handle, "item", use_float=True), start=1)
 
 
 def _where(source: str, number: int, record: dict) -> str:

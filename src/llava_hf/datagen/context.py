@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils import iter_jsonl
+
 Box = tuple[float, float, float, float]
 
 
@@ -146,29 +148,24 @@ def load_caps_boxes(path: str | Path, image_prefix: str = "") -> list[ImageConte
     """Contexts from a caps_boxes `.jsonl` (LLaVA-Bench's layout; the shapes world writes one too)."""
     path = Path(path)
     contexts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                image = row["image"]
-                contexts.append(
-                    ImageContext(
-                        image_id=str(row.get("id", Path(image).stem)),
-                        image=image_prefix + image,
-                        captions=tuple(row["captions"]),
-                        boxes=tuple(
-                            (i["category"], tuple(round(float(v), 3) for v in i["bbox"]))
-                            for i in row.get("instances", [])
-                        ),
-                    )
+    for number, row in iter_jsonl(path):
+        try:
+            image = row["image"]
+            contexts.append(
+                ImageContext(
+                    image_id=str(row.get("id", Path(image).stem)),
+                    image=image_prefix + image,
+                    captions=tuple(row["captions"]),
+                    boxes=tuple(
+                        (i["category"], tuple(round(float(v), 3) for v in i["bbox"])) for i in row.get("instances", [])
+                    ),
                 )
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{path} line {number}: not a caps_boxes row ({type(error).__name__}: {error}); expected "
-                    '{"id", "image", "captions": [...], "instances": [{"category", "bbox"}]}.'
-                ) from error
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"{path} line {number}: not a caps_boxes row ({type(error).__name__}: {error}); expected "
+                '{"id", "image", "captions": [...], "instances": [{"category", "bbox"}]}.'
+            ) from error
     return contexts
 
 

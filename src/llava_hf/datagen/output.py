@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.llava_format import llava_record_to_row, load_llava_dataset, write_llava_json
-from .store import RECORDS, iter_jsonl, record_key
+from ..utils import iter_jsonl
+from .store import RECORDS, record_key
 
 LLAVA_JSON = "llava_instruct.json"
 
@@ -27,7 +28,7 @@ def iter_records(source: str | Path) -> Iterator[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no records; run `llava-hf generate-instructions` first.")
     seen = set()
-    for _, row in iter_jsonl(path):
+    for _, row in iter_jsonl(path, skip_torn_tail=True):  # a killed run's incomplete last line is skipped
         key = record_key(row)
         if key not in seen:
             seen.add(key)

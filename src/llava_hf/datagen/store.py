@@ -17,9 +17,10 @@ two runs from writing the same folder at once; the operating system releases it 
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ..utils import iter_jsonl, repair_torn_tail
 
 logger = logging.getLogger(__name__)
 
@@ -33,52 +34,6 @@ Key = tuple[str, str, int]
 
 def record_key(row: dict[str, Any]) -> Key:
     return (str(row["image_id"]), str(row["type"]), int(row["sample_index"]))
-
-
-def repair_torn_tail(path: Path) -> bool:
-    """Cut an incomplete last line (no trailing newline: a kill mid-write); returns whether one was cut."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    with path.open("rb+") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return False
-        # Walk back to the previous newline in blocks: the file can be hundreds of MB.
-        position, block = size, 1 << 16
-        while position > 0:
-            start = max(0, position - block)
-            handle.seek(start)
-            chunk = handle.read(position - start)
-            newline = chunk.rfind(b"\n")
-            if newline != -1:
-                handle.truncate(start + newline + 1)
-                return True
-            position = start
-        handle.truncate(0)
-        return True
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """`(line_number, row)` of a JSONL file; a bad complete line raises naming the file and line (that is not a
-    kill's doing, so it is not repaired in silence). An incomplete last line is skipped."""
-    if not path.is_file():
-        return
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith(b"\n"):
-                logger.warning("%s line %d: incomplete last line (a killed run); ignored.", path, number)
-                return
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path} line {number}: not valid JSON ({error.msg}); the engine writes whole lines only, so "
-                    "the file was edited or corrupted: fix or delete that line and run again."
-                ) from error
 
 
 class InstructionStore:
@@ -102,7 +57,9 @@ class InstructionStore:
                 logger.warning("%s: cut an incomplete last line left by a killed run; its record is redone.", path)
         repair_torn_tail(self.out_dir / FAILED)  # a log only: a torn entry there loses nothing
         for name in (RECORDS, REJECTED):
-            for _, row in iter_jsonl(self.out_dir / name):
+            if not (self.out_dir / name).is_file():
+                continue
+            for _, row in iter_jsonl(self.out_dir / name, skip_torn_tail=True):
                 key = record_key(row)
                 if key in self.done:
                     self.duplicates += 1

@@ -69,12 +69,12 @@ class TransformersBackend:
         cls, path: str, device: str | None = None, dtype: str = "auto", **kwargs: Any
     ) -> "TransformersBackend":
         """Load a causal LM folder (or Hub id) and its tokenizer; `device` defaults to CUDA when available."""
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-        return cls(model.to(device), AutoTokenizer.from_pretrained(path), name=kwargs.pop("name", path), **kwargs)
+        from ..utils import parse_dtype, resolve_device
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(dtype)).to(resolve_device(device))
+        return cls(model, AutoTokenizer.from_pretrained(path), name=kwargs.pop("name", path), **kwargs)
 
     async def complete(self, messages: list[dict[str, str]]) -> Completion:
         future = asyncio.get_running_loop().create_future()

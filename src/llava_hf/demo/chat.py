@@ -146,14 +146,13 @@ class ChatModel:
     @classmethod
     def from_pretrained(cls, path: str, device: str | None = None, dtype: str = "auto") -> "ChatModel":
         """Load a checkpoint folder or Hub id; llava_hf's classes are registered, so no remote code runs."""
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         import llava_hf  # noqa: F401  (registers the Auto classes)
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype).to(device)
+        from ..utils import parse_dtype, resolve_device
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=parse_dtype(dtype)).to(resolve_device(device))
         return cls(model, AutoProcessor.from_pretrained(path), name=str(path))
 
     def inputs(self, messages: list[dict[str, Any]], images: list[Image.Image]):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils import read_jsonl, repair_torn_tail
+
 logger = logging.getLogger(__name__)
 
 # Our own wording of the judging instructions, per question type.
@@ -152,10 +154,6 @@ def _by_id(rows: Iterable[dict], key: str = "question_id") -> dict[str, dict]:
     return {str(row[key]): row for row in rows}
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def review(
     judge: Callable[[list[dict[str, str]]], str],
     questions: list[dict],
@@ -172,6 +170,10 @@ def review(
     context_by_image = {str(c.get("image")): c for c in contexts}
     refs, cands = _by_id(references), _by_id(candidates)
     reviews_file = Path(reviews_file)
+    if repair_torn_tail(reviews_file):  # a kill mid-write: that question is judged again
+        logger.warning(
+            "%s: cut an incomplete last line left by a killed run; its question is judged again.", reviews_file
+        )
     done = {str(r["question_id"]) for r in read_jsonl(reviews_file)} if reviews_file.is_file() else set()
     report = ReviewReport(unparseable_ids=[])
     with reviews_file.open("a", encoding="utf-8") as out:

@@ -19,6 +19,7 @@ from ..data.collator import clean_message
 from ..data.images import blank_like, load_image
 from ..data.llava_format import _split_at_images, iter_llava_file
 from ..data.scienceqa import LETTER_PROMPT
+from ..utils import iter_jsonl, read_jsonl, repair_torn_tail
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +105,12 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
 
 
 def answered_ids(answers_file: str | Path) -> set[str]:
+    """The question ids answered in `answers_file`. An incomplete last line (a kill mid-write) is skipped: that
+    question is answered again."""
     path = Path(answers_file)
     if not path.is_file():
         return set()
-    ids = set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ids.add(str(json.loads(line)["question_id"]))
-        except (json.JSONDecodeError, KeyError):
-            # A line cut by a kill mid-write: it is dropped and its question asked again.
-            logger.warning("%s line %d is incomplete; that question will be answered again", path, number)
-    return ids
+    return {str(row["question_id"]) for _, row in iter_jsonl(path, skip_torn_tail=True)}
 
 
 @torch.no_grad()
@@ -146,7 +140,7 @@ def run_inference(
     todo = [q for q in questions if q.question_id not in done]
     if done:
         logger.info("%s: %d answered already, %d to go", answers_file, len(questions) - len(todo), len(todo))
-    _drop_partial_last_line(answers_file)
+    repair_torn_tail(answers_file)  # the next answer starts on a fresh line
     model.eval()
     metadata = {**asdict(settings), "prompt_suffix": prompt_suffix, "blank_images": blank_images}
     with (
@@ -189,19 +183,6 @@ def run_inference(
     return answers_file
 
 
-def _drop_partial_last_line(path: Path) -> None:
-    """A kill during a write can leave half a line; cut it so the next answer starts on a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def read_answers(answers_file: str | Path) -> dict[str, dict]:
-    rows = {}
-    for line in Path(answers_file).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[str(row["question_id"])] = row
-    return rows
+    """Question id -> answer row of an answers JSONL (a later row for the same id wins)."""
+    return {str(row["question_id"]): row for row in read_jsonl(answers_file)}

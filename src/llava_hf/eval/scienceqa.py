@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.scienceqa import problem_metadata
+from ..utils import read_jsonl
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
@@ -133,8 +134,7 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     """Question id -> output text, from an answers JSONL (`question_id`, `text`) or an official result JSON."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {str(row["question_id"]): row["text"] for row in rows}
+        return {str(row["question_id"]): row["text"] for row in read_jsonl(path)}
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "outputs" in data:
         return {str(k): v for k, v in data["outputs"].items()}

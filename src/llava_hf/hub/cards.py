@@ -9,13 +9,14 @@ its stage-1 folder, whose record is read too), and `llava-hf eval` results files
 
 import json
 import logging
-import re
 import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..utils import is_hub_id, validate_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ TRAINING_RECORD = "llava_hf_training.json"
 OFFLINE_DEFAULT_BASES = ["timm/tf_efficientnet_lite0.in1k", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 MODEL_TAGS = ["llava", "llava_hf", "image-text-to-text", "vision-language", "custom_code"]
 DATASET_TAGS = ["llava", "llava_hf", "visual-instruction-tuning"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class CardError(ValueError):
@@ -86,11 +86,6 @@ def validate_card(content: str, repo_type: str = "model"):
 def _cell(value: Any) -> str:
     """A Markdown table cell: pipes escaped, newlines folded."""
     return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def is_hub_id(name: str | None) -> bool:
-    """`namespace/name` that is not an existing local path."""
-    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
 
 
 # -- the checkpoint -------------------------------------------------------------------------------------------------
@@ -195,6 +190,8 @@ def describe_architecture(model_dir: str | Path) -> dict[str, Any]:
     dims = f"{first[1]} -> {first[0]}" if first else f"-> {text.get('hidden_size', '?')}"
     projector_type = config.get("projector_type", "?")
     layers = "Linear -> GELU -> Linear" if projector_type == "mlp2x_gelu" else "one Linear"
+    if config.get("projector_input_norm") == "standardize":
+        layers = "features standardised per channel, then " + layers
     aspect = config.get("image_aspect_ratio", "?")
     preprocessing = {
         "pad": "`pad`: padded to a square with the mean colour, then resized (LLaVA-1.5)",
@@ -335,7 +332,7 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
     learning_rate = f"{args.get('learning_rate')}"
     if model_args.get("projector_lr") is not None:
         learning_rate += f" (projector {model_args['projector_lr']})"
-    warmup = args.get("warmup_ratio") or args.get("warmup_steps") or 0
+    warmup = args.get("warmup_steps") or 0  # a fraction of the run below 1, else a step count
     warmup_text = f"{float(warmup) * 100:g}% warmup" if 0 < float(warmup) < 1 else f"{warmup} warmup steps"
     precision = "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "fp32"
     return {
@@ -521,12 +518,13 @@ def model_card_context(
                 "(name the Hub model with --base-model).",
                 path,
             )
-    for name in base_models:
-        if not _HUB_ID.match(name):
-            raise CardError(f"base_model {name!r} is not a Hub id (namespace/name).")
-    for name in datasets or []:
-        if not _HUB_ID.match(name):
-            raise CardError(f"dataset {name!r} is not a Hub dataset id (namespace/name).")
+    for key, names in (("base_model", base_models), ("dataset", datasets or [])):
+        for name in names:
+            try:
+                validate_hub_id(name)
+            except ValueError as error:
+                kind = "Hub dataset id" if key == "dataset" else "Hub id"
+                raise CardError(f"{key} {name!r} is not a {kind} (namespace/name): {error}") from error
     results = load_results(list(eval_results or []))
     name = repo_id.split("/")[-1]
     model_index = to_model_index(name, results) if results else []
