@@ -35,8 +35,13 @@ SMALL_TEXT = dict(
     max_position_embeddings=4096,
 )
 VARIANTS = ("padded", "unpadded")
-# Peak dense bf16 rate of the cards MFU is quoted against by default (H100 SXM and H200: 989 TFLOP/s, datasheet).
-SPEC_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
+# Peak dense bf16 rate of the cards MFU is quoted against (datasheets), matched in order on the device name.
+SPEC_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
+
+
+def spec_bf16_flops(device_name: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s of a card by its name, or None for a card not listed."""
+    return next((flops for card, flops in SPEC_BF16_FLOPS if card in device_name), None)
 
 
 def prepare(
@@ -373,7 +378,7 @@ def main() -> None:
         import torch
 
         name = torch.cuda.get_device_name()
-        peak_flops = next((flops for card, flops in SPEC_BF16_FLOPS.items() if card in name), None)
+        peak_flops = spec_bf16_flops(name)
         result["device_name"] = name
         if peak_flops:
             result["mfu_ours"] = ours["model_flops_per_s"] / peak_flops

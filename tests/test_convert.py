@@ -135,6 +135,12 @@ def test_standardized_projector_folds_into_hf_llava(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reference(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
     assert not any("feature_" in key for key in load_file(tmp_path / "hf" / "model.safetensors"))
+    # Without a linear_1 bias there is nowhere to fold the mean: refused, naming the flag.
+    config.multimodal_projector_bias = False
+    LlavaForConditionalGeneration(type(config)(**config.to_dict())).save_pretrained(tmp_path / "nobias")
+    tester.get_processor().save_pretrained(tmp_path / "nobias")
+    with pytest.raises(ConversionError, match="multimodal_projector_bias=False"):
+        convert(tmp_path / "nobias", tmp_path / "hf_nobias", to="hf-llava")
 
 
 def test_options_a_conversion_would_ignore_are_refused(tmp_path):

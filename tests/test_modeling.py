@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from llava_hf import LlavaConfig, LlavaForConditionalGeneration, modeling_llava, resolve_attn_implementation
 from llava_hf.modeling_llava import describe_attn_implementation
@@ -432,3 +433,64 @@ def test_no_split_modules_name_only_classes_the_model_builds():
     present = {type(module).__name__ for module in model.modules()}
     assert {"CLIPEncoderLayer", "LlamaDecoderLayer"} <= model._no_split_modules <= present
     assert "CLIPTextEmbeddings" not in model._no_split_modules
+
+
+def test_standardized_projector_without_saved_statistics_loads_as_identity(tmp_path):
+    # A checkpoint whose config asks for standardisation but whose weights lack the statistics: identity, never
+    # uninitialised memory.
+    from safetensors.torch import load_file, save_file
+
+    config = LlavaModelTester().get_config()
+    config.projector_input_norm = "standardize"
+    model = LlavaForConditionalGeneration(type(config)(**config.to_dict()))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "feature_" not in k}, tmp_path / "model.safetensors")
+    projector = LlavaForConditionalGeneration.from_pretrained(tmp_path).model.multi_modal_projector
+    assert torch.equal(projector.feature_mean, torch.zeros_like(projector.feature_mean))
+    assert torch.equal(projector.feature_std, torch.ones_like(projector.feature_std))
+
+
+def test_calibration_measures_the_features_and_floors_dead_channels():
+    from llava_hf.data import LlavaDataCollator
+    from llava_hf.training import calibrate_projector_input
+
+    tester = LlavaModelTester()
+    processor = tester.get_processor()
+    collator = LlavaDataCollator(processor)
+    rows = [
+        {
+            "id": str(i),
+            "images": [Image.new("RGB", (8, 8), (30 * i, 10, 200 - 20 * i))],
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+            ],
+        }
+        for i in range(6)
+    ]
+    plain = tester.get_model()
+    with pytest.raises(ValueError, match='projector_input_norm="standardize"'):
+        calibrate_projector_input(plain, collator, rows, progress=False)
+    config = tester.get_config()
+    config.projector_input_norm = "standardize"
+    model = LlavaForConditionalGeneration(type(config)(**config.to_dict())).eval()
+    real = model.model._vision_features
+
+    def with_dead_channels(pixel_values):  # the first 3 channels never fire, as a dead ReLU unit
+        features = real(pixel_values).clone()
+        features[..., :3] = 0.0
+        return features
+
+    model.model._vision_features = with_dead_channels
+    measured = calibrate_projector_input(model, collator, rows, num_images=4, batch_size=3, progress=False)
+    assert measured == {"rows": 4, "feature_tokens": 4 * config.image_seq_length, "channels": 32}
+    assert collator.stats["samples"] == 0  # the training collator's counts are left alone
+    pixel_values = collator(rows[:4])["pixel_values"]
+    with torch.no_grad():
+        features = with_dead_channels(pixel_values).flatten(0, 1)
+    projector = model.model.multi_modal_projector
+    std = features.std(0, unbiased=False)
+    torch.testing.assert_close(projector.feature_mean, features.mean(0))
+    torch.testing.assert_close(projector.feature_std[3:], std[3:], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(projector.feature_std[:3], std[3:].median().expand(3), rtol=1e-4, atol=1e-6)

@@ -198,7 +198,7 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
 
     recipe = _recipe(workspace, "stage1_std", projector_input_norm="standardize", projector_norm_images=4)
     result = _launch(recipe)
-    assert "projector input statistics: {'images': 4, 'feature_tokens': 64" in result.stdout
+    assert "projector input statistics: {'rows': 4, 'feature_tokens': 64" in result.stdout
     out = workspace / "stage1_std"
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)

@@ -205,10 +205,15 @@ def _fold_feature_statistics(state: dict[str, torch.Tensor], src: Path) -> dict[
     """`projector_input_norm="standardize"` folded into `linear_1`, which transformers' Llava has:
     W((x - mean) / std) + b = (W / std) x + (b - (W / std) mean), exactly, in float64."""
     prefix = next((k[: -len("feature_mean")] for k in state if k.endswith("multi_modal_projector.feature_mean")), None)
-    if prefix is None or prefix + "linear_1.bias" not in state:
+    if prefix is None:
         raise ConversionError(
-            f"{src}: projector_input_norm='standardize' needs the projector's feature_mean / feature_std and a "
-            "linear_1 bias to fold them into; this checkpoint lacks them."
+            f"{src}: config.json says projector_input_norm='standardize' but the weights hold no "
+            "multi_modal_projector.feature_mean / feature_std; the checkpoint is incomplete."
+        )
+    if prefix + "linear_1.bias" not in state:
+        raise ConversionError(
+            f"{src}: the standardisation folds into linear_1's bias, and this projector has none "
+            "(multimodal_projector_bias=False); transformers' Llava cannot hold it without one."
         )
     state = dict(state)
     mean, std = state.pop(prefix + "feature_mean").double(), state.pop(prefix + "feature_std").double()

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.configuration_utils import PreTrainedConfig
@@ -182,9 +183,10 @@ class LlavaMultiModalProjector(nn.Module):
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.standardize:
-            image_features = (image_features - self.feature_mean.to(image_features.dtype)) / self.feature_std.to(
-                image_features.dtype
-            )
+            # In float32 whatever the features' dtype: a bf16 subtraction of a large mean loses the small differences
+            # between images that standardising is for.
+            standardized = (image_features.float() - self.feature_mean.float()) / self.feature_std.float()
+            image_features = standardized.to(image_features.dtype)
         hidden_states = self.linear_1(image_features)
         if self.projector_type == "mlp2x_gelu":
             hidden_states = self.linear_2(self.act(hidden_states))
@@ -203,6 +205,14 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # Statistics absent from a checkpoint start as the identity (transformers names them as missing keys), never
+        # as uninitialised memory; init.* leaves loaded tensors alone.
+        if isinstance(module, LlavaMultiModalProjector) and module.standardize:
+            init.zeros_(module.feature_mean)
+            init.ones_(module.feature_std)
 
     def post_init(self) -> None:
         super().post_init()

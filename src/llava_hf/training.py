@@ -388,7 +388,7 @@ def calibrate_projector_input(
 
     The images go through `collator` (the training preprocessing; its counts are left untouched) and the tower as
     training will run them, in the model's dtype, on `device` (default: where the tower is). Returns what was
-    measured, for the training record.
+    measured (rows, feature tokens, channels), for the log.
     """
     from dataclasses import replace
 
@@ -396,6 +396,17 @@ def calibrate_projector_input(
 
     llava = model.model  # LlavaForConditionalGeneration -> LlavaModel (stage 1: no adapter wraps it yet)
     projector = llava.multi_modal_projector
+    if not getattr(projector, "standardize", False):
+        raise ValueError(
+            'calibrate_projector_input needs a model built with projector_input_norm="standardize" (the projector '
+            "has no feature_mean / feature_std to fill)."
+        )
+    if any(parameter.device.type == "meta" for parameter in llava.vision_tower.parameters()):
+        raise ValueError(
+            "projector_input_norm: the vision tower's weights are not loaded in this process (FSDP with "
+            "fsdp_cpu_ram_efficient_loading loads them on the first process only); set "
+            "fsdp_cpu_ram_efficient_loading: false for stage 1, or use DDP."
+        )
     rows = []
     for row in dataset:
         if row.get("images"):
@@ -411,6 +422,8 @@ def calibrate_projector_input(
         llava.vision_tower.to(device)
     device = next(llava.vision_tower.parameters()).device
     collate = replace(collator, stats=collator.stats.__class__(), stats_in_batch=False)
+    was_training = llava.vision_tower.training
+    llava.vision_tower.eval()  # as training runs the frozen tower: no dropout, no batch-norm statistics updated
     total = total_sq = None
     count = 0
     for start in tqdm(range(0, len(rows), batch_size), desc="projector input statistics", disable=not progress):
@@ -420,13 +433,20 @@ def calibrate_projector_input(
         total = features.sum(0) if total is None else total + features.sum(0)
         total_sq = features.square().sum(0) if total_sq is None else total_sq + features.square().sum(0)
         count += features.shape[0]
+    llava.vision_tower.train(was_training)
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
-    # A channel that is constant on these images (a dead ReLU unit) would be divided by ~0 and blow up on an image
-    # where it fires; floor each std at 1% of the median channel's.
-    std = std.clamp_min(0.01 * std.median().item())
+    varying = std[std > 0]
+    if varying.numel() == 0:
+        raise ValueError(
+            f"projector_input_norm: no feature channel varies over the {len(rows)} images measured ({count} feature "
+            "tokens); the images are identical or too few: raise projector_norm_images."
+        )
+    # A channel constant on these images (a dead ReLU unit) gets the typical channel's scale rather than ~0, which
+    # would turn the first image where it fires into an outlier of thousands of standard deviations.
+    std = torch.where(std > 0, std, varying.median())
     projector.set_feature_statistics(mean.float().to(projector.feature_mean), std.float().to(projector.feature_std))
-    return {"images": len(rows), "feature_tokens": count, "channels": int(mean.shape[0])}
+    return {"rows": len(rows), "feature_tokens": count, "channels": int(mean.shape[0])}
 
 
 def set_trainable(model: torch.nn.Module, stage: str) -> None:
