@@ -70,7 +70,12 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
 
     if model_args.projector_input_norm == "standardize":  # the projector's input statistics, from training images
         measured = calibrate_projector_input(
-            model, collator, dataset, model_args.projector_norm_images, device=training_args.device
+            model,
+            collator,
+            dataset,
+            model_args.projector_norm_images,
+            device=training_args.device,
+            progress=training_args.process_index == 0,
         )
         if training_args.process_index == 0:
             print(f"projector input statistics: {measured}")
