@@ -685,30 +685,34 @@ def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, sta
 
 
 def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tester):
-    # LlavaSFTTrainer.compute_loss runs TRL's fused head compacted to the labelled positions on CPUs as well: same
-    # loss, metrics and gradients as scoring every position, with the head applied to the labelled rows only.
+    # LlavaSFTTrainer.compute_loss runs TRL's fused head compacted to the labelled positions on CPUs as well, through
+    # the dense CPU head: same loss, metrics and gradients as TRL's kernel scoring every position.
     import trl.kernels.chunked_logprob as kernels
     from trl.trainer.utils import add_fused_lm_head
 
-    from llava_hf.training import _compact_fused_lm_head
+    from llava_hf.training import _compact_fused_lm_head, _DenseLogProb
 
     inputs = tester.prepare_inputs(batch_size=3)
     labels = torch.full_like(inputs["input_ids"], -100)
     labels[:, -4:] = inputs["input_ids"][:, -4:]  # the answer: the last 4 tokens of each row
     labels[2, -4:-2] = -100
     rows = []
-    apply = kernels.ChunkedLogProbFunction.apply
+    kernel_apply, dense_apply = kernels.ChunkedLogProbFunction.apply, _DenseLogProb.apply
 
-    def counting_apply(hidden, *args):
-        rows.append(hidden.shape[0])
-        return apply(hidden, *args)
+    def counting(apply, name):
+        def wrapped(hidden, *args):
+            rows.append((name, hidden.shape[0]))
+            return apply(hidden, *args)
+
+        return wrapped
 
     results = []
     for compact in (False, True):
         model = tester.get_model().train()
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
         with (
-            mock.patch.object(kernels.ChunkedLogProbFunction, "apply", counting_apply),
+            mock.patch.object(kernels.ChunkedLogProbFunction, "apply", counting(kernel_apply, "trl")),
+            mock.patch.object(_DenseLogProb, "apply", counting(dense_apply, "dense")),
             _compact_fused_lm_head() if compact else contextlib.nullcontext(),
         ):
             out = model(**inputs, labels=labels, fused_lm_head=True)
@@ -717,7 +721,7 @@ def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tes
         results.append((out, grads))
     (full, full_grads), (compact, compact_grads) = results
     n_labelled = int((labels[:, 1:] != -100).sum())
-    assert rows == [3 * (labels.shape[1] - 1), n_labelled] == [3 * (labels.shape[1] - 1), 10]
+    assert rows == [("trl", 3 * (labels.shape[1] - 1)), ("dense", n_labelled)] and n_labelled == 10
     torch.testing.assert_close(compact.loss, full.loss)
     for field in ("log_probs", "entropy", "is_top1", "label_mask"):
         torch.testing.assert_close(getattr(compact, field), getattr(full, field))
@@ -726,23 +730,57 @@ def test_fused_lm_head_scores_only_supervised_positions_with_the_same_result(tes
         torch.testing.assert_close(compact_grads[name], grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("softcap, logit_scale, temperature", [(None, 1.0, 1.0), (30.0, 0.5, 0.7)])
+def test_dense_cpu_head_matches_trls_kernel(monkeypatch, softcap, logit_scale, temperature):
+    # Every output of TRL's kernel, and the gradients of the log-probabilities, in float32, over several token blocks
+    # (checkpointed, as a large batch is) and with no labelled token at all; bf16 autocast agrees to bf16 rounding.
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    import llava_hf.training as training
+
+    monkeypatch.setattr(training, "_DENSE_HEAD_TOKENS", 8)
+    torch.manual_seed(0)
+    weight = torch.randn(500, 32, requires_grad=True)
+    hidden = torch.randn(37, 32, requires_grad=True)
+    targets = torch.randint(0, 500, (37,))
+    outputs = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    for autocast, tol in ((False, 1e-5), (True, 2e-2)):
+        results = []
+        for function in (ChunkedLogProbFunction, training._DenseLogProb):
+            weight.grad = hidden.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = function.apply(hidden, weight, None, targets, temperature, 128, softcap, logit_scale, outputs)
+            (-out[0].square().sum()).backward()
+            results.append((out, weight.grad.clone(), hidden.grad.clone()))
+        (expected, *expected_grads), (got, *got_grads) = results
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        for a, b in zip(got_grads, expected_grads):
+            # Relative to the largest gradient: summation order differs (fp32); bf16: TRL accumulates the head's
+            # gradient GEMMs in float32, autograd in bf16.
+            assert (a - b).abs().max() <= (1e-5 if not autocast else 0.02) * b.abs().max()
+    empty = training._DenseLogProb.apply(hidden[:0], weight, None, targets[:0], 1.0, 128, None, 1.0, outputs)
+    assert [tuple(x.shape) for x in empty] == [(0,)] * 5
+
+
 def test_the_trainer_compacts_the_fused_head_on_cpus_only_while_computing_the_loss(monkeypatch):
     import trl.trainer.utils as trl_utils
     from trl import SFTTrainer
 
-    from llava_hf.training import make_trainer_class
+    from llava_hf.training import _DenseLogProb, make_trainer_class
 
-    original = trl_utils._use_triton
+    original, kernel = trl_utils._use_triton, trl_utils._ChunkedLogProbFunction
     seen = {}
 
     def fake_compute_loss(self, model, inputs, *args, **kwargs):
         seen["cpu"] = trl_utils._use_triton(torch.device("cpu"))
         seen["meta"] = trl_utils._use_triton(torch.device("meta"))
+        seen["dense"] = trl_utils._ChunkedLogProbFunction is _DenseLogProb and _DenseLogProb.fallback is kernel
         raise RuntimeError("boom")
 
     monkeypatch.setattr(SFTTrainer, "compute_loss", fake_compute_loss)
     trainer_class = make_trainer_class()
     with pytest.raises(RuntimeError, match="boom"):
         trainer_class.compute_loss(object.__new__(trainer_class), None, {})
-    assert seen == {"cpu": True, "meta": False}  # other devices keep TRL's choice
-    assert trl_utils._use_triton is original  # restored, even after an exception
+    assert seen == {"cpu": True, "meta": False, "dense": True}  # other devices keep TRL's choice and kernel
+    assert trl_utils._use_triton is original and trl_utils._ChunkedLogProbFunction is kernel  # restored after errors

@@ -516,23 +516,97 @@ class ModalityGroupedSampler(Sampler[int]):
         return iter([i for batch in batches for i in batch])
 
 
+# Supervised positions scored per block by the dense CPU head: the block's float32 log-softmax is
+# `_DENSE_HEAD_TOKENS x vocab` (200 MB for a 49,152-word vocabulary); larger batches are checkpointed block by block.
+_DENSE_HEAD_TOKENS = 1024
+
+
+def _dense_logprob_block(hidden, weight, bias, targets, temperature, softcap, logit_scale, outputs):
+    logits = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    log_p = (logits / temperature).log_softmax(-1)
+    logprobs = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # The extras feed TRL's metrics (entropy, token accuracy): computed without gradient.
+    with torch.no_grad():
+        z, p = logits.detach() / temperature, log_p.detach().exp()
+        entropy = -(p * log_p.detach()).sum(-1) if "entropy" in outputs else None
+        log_sum_sq = torch.logsumexp(2 * log_p.detach(), -1) if "log_sum_sq_probs" in outputs else None
+        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
+        # `argmax` semantics as TRL's kernel: a tie with an earlier token is not a top-1 prediction.
+        is_top1 = (z.argmax(-1) == targets) if "is_top1" in outputs else None
+    return logprobs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+class _DenseLogProb:
+    """TRL's `ChunkedLogProbFunction` contract for CPU tensors: the labelled rows through the LM head in one matmul
+    (in the autocast dtype, as TRL's kernel) and a float32 log-softmax, differentiated by autograd.
+
+    On a CPU, TRL's kernel folds each `[tokens, 32,768]` tile with a dozen elementwise torch ops forward and again
+    backward; the dense form is 3-4.5x faster for the head of a 49,152-word vocabulary at 80-400 labelled tokens
+    (bench/RESULTS.md). Only `log_probs` carries a gradient; the other outputs are metrics. Other devices keep TRL's
+    kernel (`fallback`).
+    """
+
+    fallback: Any = None
+
+    @classmethod
+    def apply(
+        cls,
+        hidden,
+        weight,
+        bias,
+        targets,
+        temperature,
+        chunk_size,
+        final_logit_softcapping=None,
+        logit_scale=1.0,
+        outputs=("entropy", "log_sum_sq_probs", "mean_logits", "is_top1"),
+    ):
+        if hidden.device.type != "cpu":
+            return cls.fallback.apply(
+                hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping, logit_scale, outputs
+            )
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+        args = (temperature, final_logit_softcapping, logit_scale, outputs)
+        blocks = []
+        for start in range(0, max(hidden.shape[0], 1), _DENSE_HEAD_TOKENS):  # no labelled row: one empty block
+            block = (hidden[start : start + _DENSE_HEAD_TOKENS].to(dtype), weight, bias)
+            block_targets = targets[start : start + _DENSE_HEAD_TOKENS]
+            if hidden.shape[0] > _DENSE_HEAD_TOKENS and torch.is_grad_enabled():
+                # Keep one block's log-softmax alive at a time: recomputed in the backward.
+                from torch.utils.checkpoint import checkpoint
+
+                result = checkpoint(_dense_logprob_block, *block, block_targets, *args, use_reentrant=False)
+            else:
+                result = _dense_logprob_block(*block, block_targets, *args)
+            blocks.append(result)
+        return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*blocks))
+
+
 @contextmanager
 def _compact_fused_lm_head():
     """Inside, TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only the labelled positions on CPUs
-    too, as it does on Triton devices (same loss, metrics and gradients: tested). Other devices keep TRL's choice
-    (compilers such as Neuron's want fixed shapes). `_use_triton` is read there only to decide whether to compact;
-    the kernel is chosen in `trl.kernels` from its own copy. Without the name (another TRL), nothing changes."""
+    too, as it does on Triton devices, and computes them with `_DenseLogProb` there (same loss, metrics and
+    gradients: tested). Other devices keep TRL's choice (compilers such as Neuron's want fixed shapes) and kernel.
+    `_use_triton` is read there only to decide whether to compact; the kernel is chosen in `trl.kernels` from its
+    own copy. Without the names (another TRL), nothing changes."""
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
+    kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if original is None or kernel is None:
         yield
         return
+    _DenseLogProb.fallback = kernel
     trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    trl_utils._ChunkedLogProbFunction = _DenseLogProb
     try:
         yield
     finally:
         trl_utils._use_triton = original
+        trl_utils._ChunkedLogProbFunction = kernel
 
 
 def make_trainer_class():
@@ -572,7 +646,7 @@ def make_trainer_class():
             # TRL's fused LM head scores only the supervised positions where Triton runs (CUDA, XPU) and every
             # position elsewhere, so that Neuron-style compilers see fixed shapes; on a CPU it does so in float32,
             # ~45% of a stage-2 step (49,152-word head over every prompt token; bench/RESULTS.md) for the same loss.
-            # Score the supervised positions on CPUs too. The kernel (Triton or torch tiles) is chosen as before.
+            # Score the supervised positions on CPUs too, with a dense head there (faster than TRL's torch tiles).
             with _compact_fused_lm_head():
                 return super().compute_loss(model, inputs, *args, **kwargs)
 
