@@ -60,7 +60,7 @@ def main() -> None:
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage2.yaml", "--model_name_or_path", str(stage1)]
-        + ["--train_files", str(shapes / "mcq_train.json")]
+        + ["--train_files", str(shapes / "mcq_train.json"), str(shapes / "mcq_context.json")]
         + common
         + ["--output_dir", str(stage2), "--max_steps", str(args.stage2_steps)]
     )

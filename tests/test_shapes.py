@@ -123,7 +123,7 @@ def test_derived_files_load_and_split_by_image(world):
     assert not {r["image"] for r in instruct} & test_images  # instruction data only from train images
     positions = {r["conversations"][0]["value"].startswith("<image>") for r in instruct}
     assert positions == {True, False}  # <image> before or after the question, at random
-    for name in ("stage1.json", "instruct.json", "mcq_train.json", "mcq_test.json"):
+    for name in ("stage1.json", "instruct.json", "mcq_train.json", "mcq_test.json", "mcq_context.json"):
         dataset, report = load_llava_dataset(out / name, image_root=out / "images")
         assert report.rows_written == counts[name] and not report.skipped
     dataset, _ = load_llava_dataset(out / "stage1.json", image_root=out / "images", stage="plain")
@@ -147,6 +147,27 @@ def test_stage1_captions_name_every_shape_and_mcq_prompts_match_the_evaluation(w
         answer = record["conversations"][1]["value"]
         assert answer.endswith(f" The answer is {record['answer']}.") and len(answer.split(". ")) == 2, answer
         assert parse_prediction(answer) == record["answer"]
+
+
+def test_context_questions_are_text_only_and_their_letter_names_the_stated_option(world):
+    out, _ = world
+    context = json.loads((out / "mcq_context.json").read_text())
+    train = json.loads((out / "mcq_train.json").read_text())
+    assert len(context) == len({r["image"] for r in train})  # one per training image
+    assert all("image" not in r for r in context)  # text-only: no image, no <image> token
+    kinds, letters = set(), set()
+    for record in context:
+        human, answer = (turn["value"] for turn in record["conversations"])
+        assert "<image>" not in human and human.endswith(MCQ_PROMPT)
+        stated = human.split("\n")[0].removeprefix("Context: ")
+        options = dict(line.split(". ", 1) for line in human.removesuffix(MCQ_PROMPT).split("\n")[2:])
+        # The option the context states is the one the answer's letter names, and no other option is stated.
+        named = [letter for letter, text in options.items() if re.search(rf"\b{text}\b", stated)]
+        assert named == [record["answer"]], (stated, options)
+        assert answer == f"{stated} The answer is {record['answer']}." and parse_prediction(answer) == record["answer"]
+        kinds.add(record["kind"])
+        letters.add(record["answer"])
+    assert kinds == {"color", "shape", "count", "position"} and len(letters) >= 3
 
 
 def test_cli(tmp_path, capsys):
