@@ -60,12 +60,17 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     # Images are opened by the collator (errors name the sample), not decoded by datasets.
     dataset = dataset.cast_column("images", dataset.features["images"].__class__(_image_feature(decode=False)))
+    # `padding_free: true`: the batch's samples in one row, images included. TRL refuses the flag for image data (its
+    # collator cannot pack images); LlavaDataCollator packs them, so the trainer is built with it off and it is set
+    # back for the training record.
+    padding_free, training_args.padding_free = training_args.padding_free, False
     collator = LlavaDataCollator(
         processor,
         max_length=training_args.max_length,
         truncation=data_args.truncation,
         chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
         stats_in_batch=True,  # counted in dataloader workers, summed by the trainer
+        padding_free=padding_free,
     )
 
     if model_args.projector_input_norm == "standardize":  # the projector's input statistics, from training images
@@ -94,6 +99,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
         projector_lr=model_args.projector_lr,
         has_image=[bool(files) for files in dataset["image_files"]] if data_args.group_by_modality_length else None,
     )
+    training_args.padding_free = padding_free
     if data_args.grounding_samples:
         ImageGainCallback(held_out, collator, steps=data_args.grounding_steps).attach(trainer)
     trainer.accelerator.print(f"grounding meter: {held_out.describe()}")

@@ -198,3 +198,62 @@ def test_stats_in_batch_carries_each_batch_own_counts():
     }
     assert counts[1]["samples"] == 1 and sum(counts[1].values()) == 1  # this batch's counts, not the running total
     assert BATCH_STATS_KEY not in LlavaDataCollator(processor)([short])  # opt-in: a plain forward never sees it
+
+
+def _per_token_loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_padding_free_loss_and_gradients_equal_the_padded_batch(attn_implementation):
+    # Multi-image, multi-turn, single-turn and text-only samples in one batch; train mode (no KV cache), float32.
+    processor = LlavaModelTester().get_processor()
+    text_only = {
+        "id": "t",
+        "images": [],
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}],
+    }
+    samples = [_conversation(False, 3), text_only, _long_two_image_sample(), _conversation(True, 1)]
+    padded = LlavaDataCollator(processor)(samples)
+    packed = LlavaDataCollator(processor, padding_free=True, pad_to_multiple_of=8)(samples)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    assert packed["input_ids"].shape[1] % 8 == 0
+    assert packed["input_ids"].shape[1] < padded["input_ids"].numel()  # the padding is gone
+    torch.testing.assert_close(packed["pixel_values"], padded["pixel_values"])  # sample order
+    assert (packed["labels"] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert (packed["labels"][0, starts] == -100).all()  # nothing is trained across a boundary
+    assert packed["cu_seq_lens_q"].tolist() == starts + [packed["input_ids"].shape[1]]
+
+    model = LlavaModelTester().get_model(attn_implementation=attn_implementation).train()  # no cache: masks per sample
+    loss, grads = _per_token_loss_and_grads(model, padded)
+    packed_loss, packed_grads = _per_token_loss_and_grads(model, packed)
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=0)
+    assert packed_grads.keys() == grads.keys() and grads
+    # Relative in norm per tensor; the floor covers tensors whose gradient is rounding noise (~1e-12).
+    floor = 1e-8 * max(grad.norm().item() for grad in grads.values())
+    for name, grad in grads.items():
+        assert (packed_grads[name] - grad).norm() <= 1e-5 * grad.norm() + floor, name
+
+
+def test_padding_free_follows_the_truncation_policy_per_sample():
+    processor = LlavaModelTester().get_processor()
+    short = {
+        "id": "s",
+        "images": [],
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."}],
+    }
+    skip = LlavaDataCollator(processor, max_length=200, truncation="skip", padding_free=True)
+    batch = skip([_long_two_image_sample(), short])
+    assert batch["position_ids"][0].tolist() == list(range(batch["input_ids"].shape[1]))  # only the short sample
+    assert "pixel_values" not in batch and skip.stats["skipped: longer than max_length"] == 1
+
+    full = LlavaDataCollator(processor)([_long_two_image_sample()])["input_ids"][0].tolist()
+    second_image = [i for i, t in enumerate(full) if t == processor.image_token_id][16]
+    cut = LlavaDataCollator(processor, max_length=second_image + 5, padding_free=True)
+    batch = cut([_long_two_image_sample(), short])
+    lengths = torch.diff(batch["cu_seq_lens_q"]).tolist()
+    assert lengths[0] == second_image and batch["pixel_values"].shape[0] == 1 and cut.stats["truncated"] == 1

@@ -64,6 +64,13 @@ class LlavaDataCollator:
             checkpoint keeps its chat template for inference).
         stats_in_batch: also return the batch's counts as `batch["collator_stats"]` (`torch.LongTensor` of shape
             `(len(STAT_KEYS),)`), for a trainer that removes them before the forward (`LlavaSFTTrainer` does).
+        padding_free: concatenate the batch's samples into one row of shape `(1, total_tokens)` with `position_ids`
+            restarting at 0 for each sample and no `attention_mask` (TRL's `padding_free` layout, images included:
+            `pixel_values` stay in sample order and a sample's image tokens are never split, since samples are
+            whole). transformers then masks attention to each sample (sdpa / eager / flex) or runs the
+            variable-length FlashAttention kernels (`cu_seq_lens_*`), so the loss equals the padded batch's while no
+            compute goes to padding. The first token of each sample gets label -100: no sample is trained to
+            predict the next one's start.
     """
 
     processor: Any
@@ -73,6 +80,7 @@ class LlavaDataCollator:
     max_pixels: int = DEFAULT_MAX_PIXELS
     chat_template: str | None = None  # overrides the processor's (stage 1 trains with `plain`)
     stats_in_batch: bool = False
+    padding_free: bool = False
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -144,21 +152,10 @@ class LlavaDataCollator:
                 f"every sample of this batch was skipped ({dict(self.stats)}); filter over-long samples before "
                 "training (`llava-hf data check --max-length`) or use truncation='text'."
             )
-        length = max(len(e["input_ids"]) for e in encoded)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pad_id = self.processor.tokenizer.pad_token_id
-        if pad_id is None:
-            raise ValueError("the tokenizer has no pad token; set one (llava_hf.build_llava_from_pretrained does).")
-        input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            n = len(e["input_ids"])
-            input_ids[row, :n] = torch.tensor(e["input_ids"])
-            labels[row, :n] = torch.tensor(e["labels"])
-            attention_mask[row, :n] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.padding_free:
+            batch = self._packed(encoded)
+        else:
+            batch = self._padded(encoded)
         pixel_values = [torch.as_tensor(e["pixel_values"]) for e in encoded if e["pixel_values"] is not None]
         pixel_values = [p for p in pixel_values if p.shape[0] > 0]
         if pixel_values:
@@ -166,6 +163,53 @@ class LlavaDataCollator:
         if self.stats_in_batch:
             batch[BATCH_STATS_KEY] = torch.tensor([self.stats[key] - before[key] for key in STAT_KEYS])
         return batch
+
+    def _pad_id(self) -> int:
+        pad_id = self.processor.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has no pad token; set one (llava_hf.build_llava_from_pretrained does).")
+        return pad_id
+
+    def _packed(self, encoded: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = [torch.tensor(e["input_ids"]) for e in encoded]
+        labels = [torch.tensor(e["labels"]) for e in encoded]
+        position_ids = [torch.arange(len(ids)) for ids in input_ids]
+        for sample_labels in labels:
+            sample_labels[0] = -100  # the previous sample's last token does not predict this one's first
+        total = sum(len(ids) for ids in input_ids)
+        if self.pad_to_multiple_of and total % self.pad_to_multiple_of:
+            # Padding forms its own sequence (position 0 onwards), attended by nothing else and never supervised.
+            extra = self.pad_to_multiple_of - total % self.pad_to_multiple_of
+            input_ids.append(torch.full((extra,), self._pad_id()))
+            labels.append(torch.full((extra,), -100))
+            position_ids.append(torch.arange(extra))
+        lengths = torch.tensor([len(ids) for ids in input_ids])
+        # Sequence boundaries for the variable-length kernels (FlashAttention), computed here on the CPU: the model
+        # would otherwise derive them from position_ids with a device-to-host sync in every layer.
+        cu_seq_lens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(torch.int32)
+        return {
+            "input_ids": torch.cat(input_ids)[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat(position_ids)[None],
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": int(lengths.max()),
+            "max_length_k": int(lengths.max()),
+        }
+
+    def _padded(self, encoded: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(e["input_ids"]) for e in encoded)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(encoded), length), self._pad_id(), dtype=torch.long)
+        labels = torch.full((len(encoded), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            input_ids[row, :n] = torch.tensor(e["input_ids"])
+            labels[row, :n] = torch.tensor(e["labels"])
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def report(self) -> str:
         """One line: samples seen, truncated and skipped by reason (as counted in this process)."""
