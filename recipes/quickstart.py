@@ -6,7 +6,9 @@
 4. print both and the wall time;
 5. load the checkpoint with AutoModelForImageTextToText and answer a question about a new image.
 
-    python recipes/quickstart.py [--num-images 1200 --stage1-steps 300 --stage2-steps 100 --batch-size 8]
+    python recipes/quickstart.py [--num-images 1200 --stage1-steps N --stage2-steps N]
+
+Steps, batch sizes and learning rates are the recipes' (recipes/offline/stage{1,2}.yaml); the options override them.
 """
 
 import argparse
@@ -29,9 +31,8 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs/quickstart")
     parser.add_argument("--num-images", type=int, default=1200)
     parser.add_argument("--test-fraction", type=float, default=0.07)
-    parser.add_argument("--stage1-steps", type=int, default=300)
-    parser.add_argument("--stage2-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--stage1-steps", type=int, help="default: max_steps of recipes/offline/stage1.yaml")
+    parser.add_argument("--stage2-steps", type=int, help="default: max_steps of recipes/offline/stage2.yaml")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -50,19 +51,21 @@ def main() -> None:
         [str(bin_dir / "llava-hf"), "data", "shapes", str(shapes), "--num-images", str(args.num_images), "--seed", "0"]
         + ["--test-fraction", str(args.test_fraction)]
     )
-    common = ["--image_root", str(shapes / "images"), "--per_device_train_batch_size", str(args.batch_size)] + device
+    common = ["--image_root", str(shapes / "images")] + device
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage1.yaml", "--train_files", str(shapes / "stage1.json")]
         + common
-        + ["--output_dir", str(stage1), "--max_steps", str(args.stage1_steps)]
+        + ["--output_dir", str(stage1)]
+        + (["--max_steps", str(args.stage1_steps)] if args.stage1_steps else [])
     )
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage2.yaml", "--model_name_or_path", str(stage1)]
         + ["--train_files", str(shapes / "mcq_train.json"), str(shapes / "mcq_context.json")]
         + common
-        + ["--output_dir", str(stage2), "--max_steps", str(args.stage2_steps)]
+        + ["--output_dir", str(stage2)]
+        + (["--max_steps", str(args.stage2_steps)] if args.stage2_steps else [])
     )
     run(
         [str(bin_dir / "llava-hf"), "eval", "shapes", "--model", str(stage2), "--world", str(shapes)]

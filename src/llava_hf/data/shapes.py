@@ -498,8 +498,8 @@ def context_question(scene_questions: list[dict[str, Any]], record_id: str, rng:
 
     What it teaches is the last step of every answer: naming the letter of the option the solution states. A 135M LM
     learns that copy from the image questions alone only now and then within a few hundred steps (the letter then
-    disagrees with the written solution in over half of the answers); with a quarter of the batches stating the
-    solution in the text, it is learned in every run (bench/RESULTS.md).
+    disagrees with the written solution in over half of the answers); with a quarter of the rows stating the solution
+    in the text, the 150-step run measured gave the letter of its written answer in 99% of answers (bench/RESULTS.md).
     """
     question = rng.choice(scene_questions)
     choices = list(question["choices"])
