@@ -1,6 +1,7 @@
 """Model, dataset and Space cards: metadata validated with huggingface_hub's card classes, tables from the recorded
 training config and the evaluation results, and clear errors for what cannot be published. No server needed."""
 
+import fnmatch
 import json
 import logging
 import types
@@ -12,8 +13,9 @@ from huggingface_hub import DatasetCard, ModelCard, SpaceCard
 
 from llava_hf.eval.results import make_results, to_model_index, write_results
 from llava_hf.hub import CardError, render_dataset_card, render_model_card, render_space_readme
-from llava_hf.hub.cards import TEMPLATES, load_training_history
+from llava_hf.hub.model_card import load_training_history
 from llava_hf.hub.push import check_model_folder, parse_sources
+from llava_hf.hub.rendering import TEMPLATES
 from llava_hf.training import LlavaDataArguments, LlavaModelArguments, save_stage_output
 from tester import LlavaModelTester
 
@@ -139,6 +141,8 @@ def test_model_card_body_has_architecture_recipe_evaluation_usage(stages, result
     assert _table_row(card, "training time") == ["5.5 min", "5.5 min"]
     # Stage 2 trains with the stage-1 checkpoint's template, whatever its own chat_template argument says.
     assert _table_row(card, "prompt format") == ["`plain` (image + caption)", "`vicuna_v1`"]
+    # TRL's default `gradient_checkpointing=True` is recorded under transformers 5's name, `activation_checkpointing`.
+    assert _table_row(card, "precision") == ["fp32, activation checkpointing"] * 2
     assert _table_row(card, "attention")[0].startswith("`auto`: language model `")
     assert _table_row(card, "hardware")[0].startswith("1 x ") and "CPU" in _table_row(card, "hardware")[0]
     assert _table_row(card, "starting point") == [
@@ -160,7 +164,7 @@ def test_local_base_models_are_left_out_of_the_metadata(tmp_path, caplog):
         LlavaModelArguments(stage="1", vision_model=str(tmp_path), language_model=str(tmp_path)),
         "train.json",
     )
-    with caplog.at_level(logging.WARNING, logger="llava_hf.hub.cards"):
+    with caplog.at_level(logging.WARNING, logger="llava_hf.hub.model_card"):
         card = render_model_card(folder, "me/x")
     assert "base_model" not in front_matter(card)
     assert "is a local path, not a Hub id" in caplog.text
@@ -254,13 +258,28 @@ def test_split_arguments_parse_and_fail_clearly(tmp_path):
         parse_sources([f"bad split={tmp_path / 'a.json'}"])
 
 
-def test_model_cards_folder_holds_the_packaged_templates():
-    """`model_cards/` is where people look for the templates; the package keeps the copies it renders (wheels
-    cannot reach outside the package). They must be the same files."""
-    for template in sorted(TEMPLATES.glob("*.jinja")):
-        twin = ROOT / "model_cards" / template.name
-        assert twin.is_file(), f"model_cards/{template.name} is missing"
-        assert twin.read_text() == template.read_text(), f"model_cards/{template.name} differs from the package's"
+def test_templates_have_one_home_shipped_with_the_package():
+    """The templates live only in the package (a wheel cannot reach outside it), declared as package data;
+    `model_cards/` points there and holds no copy or link that could drift."""
+    names = {path.name for path in TEMPLATES.glob("*.jinja")}
+    assert names == {"model_card.md.jinja", "dataset_card.md.jinja", "space_readme.md.jinja", "space_app.py.jinja"}
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["llava_hf"]
+    package = TEMPLATES.parents[1]
+    for name in sorted(names):
+        relative = (TEMPLATES / name).relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not package data"
+    assert sorted(path.name for path in (ROOT / "model_cards").iterdir()) == ["README.md"]
+
+
+def test_old_cards_module_still_exports_its_names():
+    """`llava_hf.hub.cards` was the single card module; what it exported still imports from there."""
+    from llava_hf.hub import cards, dataset_card, model_card, space_card
+
+    assert cards.load_training_history is model_card.load_training_history
+    assert cards.render_dataset_card is dataset_card.render_dataset_card
+    assert cards.render_space_readme is space_card.render_space_readme
+    assert all(hasattr(cards, name) for name in cards.__all__)
 
 
 def test_dataset_dry_run_from_a_datasets_folder(tmp_path):

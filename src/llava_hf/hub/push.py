@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cards import CardError, read_config, render_dataset_card, render_model_card, render_space_readme
+from .dataset_card import prompt_types as count_prompt_types
+from .dataset_card import render_dataset_card
+from .model_card import read_config, render_model_card
+from .rendering import CardError, validate_card
+from .space_card import render_space_app, render_space_readme
 
 logger = logging.getLogger(__name__)
 
@@ -278,8 +282,6 @@ def push_dataset(
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
 
-    from .cards import prompt_types as count_prompt_types
-
     if not config_name.replace("-", "_").isidentifier():
         raise ValueError(f"config name {config_name!r} must be letters, digits, '_' or '-'.")
     split_paths = parse_sources(sources)
@@ -381,7 +383,6 @@ def create_space(
 
     from ..demo.app import DemoConfig
     from ..demo.examples import write_example_images
-    from .cards import render_template
 
     space_dir = Path(space_dir)
     if space_dir.exists() and any(space_dir.iterdir()) and not overwrite:
@@ -392,7 +393,7 @@ def create_space(
     images = write_example_images(space_dir / "examples")
     config.examples = [{"text": e["text"], "image": str(Path("examples") / Path(e["image"]).name)} for e in images]
     (space_dir / "demo_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-    (space_dir / "app.py").write_text(render_template("space_app.py.jinja", {"model": model}))
+    (space_dir / "app.py").write_text(render_space_app(model))
     (space_dir / "requirements.txt").write_text("\n".join(_requirements(list(requirements or []))) + "\n")
     readme = render_space_readme(
         model,
@@ -415,8 +416,6 @@ def create_space(
 
 def check_space_folder(space_dir: str | Path) -> Path:
     """A pushable Gradio Space folder: README front matter (validated with `SpaceCard`) and its `app_file`."""
-    from .cards import validate_card
-
     space_dir = Path(space_dir)
     readme = space_dir / "README.md"
     if not readme.is_file():
