@@ -257,3 +257,10 @@ def test_padding_free_follows_the_truncation_policy_per_sample():
     batch = cut([_long_two_image_sample(), short])
     lengths = torch.diff(batch["cu_seq_lens_q"]).tolist()
     assert lengths[0] == second_image and batch["pixel_values"].shape[0] == 1 and cut.stats["truncated"] == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"max_length": 0}, {"max_length": -5}, {"pad_to_multiple_of": 0}])
+def test_non_positive_lengths_are_refused_at_construction(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be a positive number"):
+        LlavaDataCollator(LlavaModelTester().get_processor(), **kwargs)

@@ -86,6 +86,12 @@ class LlavaDataCollator:
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"truncation must be one of {list(TRUNCATION_POLICIES)}, got {self.truncation!r}.")
+        # A non-positive length would cut every sample to nothing (or, negative, slice from the end and keep image
+        # tokens whose pixels were dropped): refuse it here rather than mis-train.
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}.")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
+            raise ValueError(f"pad_to_multiple_of must be a positive number or None, got {self.pad_to_multiple_of}.")
 
     # -- one sample ----------------------------------------------------------------------------------------------
     def encode(self, example: dict[str, Any]) -> dict[str, Any] | None:
