@@ -1,12 +1,16 @@
-"""Shared helpers: --device / --dtype values, JSONL reading and torn-line repair, Hub repo ids."""
+"""Shared helpers: --device / --dtype values, JSONL reading and torn-line repair, checkpoint configs, Hub repo ids,
+chat templates by name or file, generation settings."""
 
 import pytest
 import torch
 
+from llava_hf.chat_templates import get_chat_template, resolve_chat_template
+from llava_hf.generation import GenerationSettings
 from llava_hf.utils import (
     is_hub_id,
     iter_jsonl,
     parse_dtype,
+    read_config,
     read_jsonl,
     repair_torn_tail,
     resolve_device,
@@ -73,3 +77,40 @@ def test_hub_ids_follow_huggingface_hub_rules(tmp_path, monkeypatch):
     assert not is_hub_id("me/model")  # an existing local folder is not a Hub id
     with pytest.raises(ValueError, match="Cannot have -- or .."):
         validate_hub_id("me/model--x")
+
+
+def test_read_config_raises_the_callers_error_naming_the_folder(tmp_path):
+    class MyError(ValueError):
+        pass
+
+    with pytest.raises(MyError, match="no config.json; is this a model folder"):
+        read_config(tmp_path, MyError)
+    with pytest.raises(FileNotFoundError):
+        read_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llava_hf"}')
+    assert read_config(tmp_path) == {"model_type": "llava_hf"}
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        read_config(tmp_path)
+
+
+def test_chat_templates_resolve_by_name_file_or_source(tmp_path):
+    assert resolve_chat_template(None) is None
+    assert resolve_chat_template("vicuna_v1") == get_chat_template("vicuna_v1")
+    assert resolve_chat_template("chatml", default_system="Be brief.") == get_chat_template("chatml", "Be brief.")
+    (tmp_path / "mine.jinja").write_text("{{ messages }}")
+    assert resolve_chat_template(str(tmp_path / "mine.jinja")) == "{{ messages }}"
+    assert resolve_chat_template("{% for m in messages %}{{ m }}{% endfor %}").startswith("{% for")
+    with pytest.raises(FileNotFoundError, match="missing.jinja"):
+        resolve_chat_template(str(tmp_path / "missing.jinja"))
+
+
+def test_generation_settings_pass_sampling_options_only_when_sampling():
+    assert GenerationSettings(max_new_tokens=5, top_p=0.9).generate_kwargs() == {
+        "max_new_tokens": 5,
+        "do_sample": False,
+        "num_beams": 1,
+    }
+    sampled = GenerationSettings(do_sample=True, temperature=0.7).generate_kwargs()
+    assert sampled["temperature"] == 0.7 and "top_p" not in sampled
+    assert GenerationSettings(do_sample=True, top_p=0.5).generate_kwargs()["top_p"] == 0.5

@@ -16,8 +16,7 @@ from .modeling_llava import (
 )
 from .processing_llava import LlavaHfProcessor, LlavaProcessor
 from .registration import register
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 register()
 

@@ -15,7 +15,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from .chat_templates import TEMPLATE_NAMES, get_chat_template
+from .chat_templates import resolve_chat_template
 from .configuration_llava import LlavaConfig
 from .modeling_llava import LlavaForConditionalGeneration, LlavaMultiModalProjector, resolve_attn_implementation
 from .processing_llava import LlavaHfProcessor
@@ -74,8 +74,8 @@ def build_llava_from_pretrained(
         projector_input_norm: `None` (LLaVA) or `"standardize"`: per-channel standardisation of the tower's
             features, whose statistics `llava_hf.training.calibrate_projector_input` measures; see `LlavaConfig`.
         image_aspect_ratio: `"pad"` (LLaVA-1.5) or `"square"` (LLaVA v1).
-        chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a Jinja string, or `None` for the
-            tokenizer's own.
+        chat_template: `"plain"`, `"vicuna_v1"`, `"llava_v1"`, `"chatml"`, a `.jinja` file, a Jinja string, or `None`
+            for the tokenizer's own (see `llava_hf.chat_templates.resolve_chat_template`).
         attn_implementation: `"auto"` (on CUDA, the first installed FlashAttention the GPU supports, FA4 > FA3 >
             FA2, for the language model, the vision tower keeping sdpa; else sdpa; see `resolve_attn_implementation`),
             `"sdpa"`, `"eager"`, ...
@@ -108,10 +108,10 @@ def build_llava_from_pretrained(
         added += tokenizer.add_special_tokens({"pad_token": "<pad>"})
     if added or lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
         lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    if chat_template in TEMPLATE_NAMES:
-        chat_template = get_chat_template(chat_template, default_system=_default_system_prompt(tokenizer))
-    elif chat_template is None:
+    if chat_template is None:
         chat_template = tokenizer.chat_template
+    else:
+        chat_template = resolve_chat_template(chat_template, default_system=_default_system_prompt(tokenizer))
 
     config = LlavaConfig(
         vision_config=vision.config,

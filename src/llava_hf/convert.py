@@ -34,10 +34,11 @@ from transformers import (
     LlamaTokenizer,
 )
 
-from .chat_templates import TEMPLATE_NAMES, get_chat_template
+from .chat_templates import get_chat_template, resolve_chat_template
 from .configuration_llava import LlavaConfig, vision_tower_has_cls
 from .modeling_llava import LlavaForConditionalGeneration
 from .processing_llava import IMAGE_PROCESSOR_BACKENDS, LlavaHfProcessor
+from .utils import read_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +50,9 @@ class ConversionError(ValueError):
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
-def read_config(src: Path) -> dict:
-    path = src / "config.json"
-    if not path.is_file():
-        raise ConversionError(f"{src}: no config.json; is this a model folder?")
-    return json.loads(path.read_text())
-
-
 def detect_layout(src: str | Path) -> str:
     """Return `"hf-llava"`, `"original"` or `"llava_hf"` for a checkpoint folder; raise on anything else."""
-    config = read_config(Path(src))
+    config = read_config(src, ConversionError)
     model_type = config.get("model_type")
     if model_type == "llava_hf":
         return "llava_hf"
@@ -162,7 +156,7 @@ _HF_OLD_LAYOUT = [
 def convert_hf_llava_to_llava_hf(src: Path, dst: Path, image_processor_backend: str | None = None) -> None:
     """`image_processor_backend=None` keeps the image processor class transformers loads for `src` (what its own
     `LlavaProcessor.from_pretrained(src)` would use); `"pil"` / `"torchvision"` pick that backend instead."""
-    raw = read_config(src)
+    raw = read_config(src, ConversionError)
     hf_config = AutoConfig.from_pretrained(src)
     config = LlavaConfig(
         vision_config=hf_config.vision_config,
@@ -358,7 +352,7 @@ def convert_original_to_llava_hf(
     """`chat_template=None` picks the original's conversation mode from the projector: `vicuna_v1` for
     `mlp2x_gelu` (LLaVA-1.5, trained and evaluated with it), `llava_v1` for `linear` (LLaVA v1, evaluated with it).
     `image_processor_backend=None` is `"pil"`, the original's pixels exactly."""
-    raw = read_config(src)
+    raw = read_config(src, ConversionError)
     if raw.get("mm_use_im_start_end"):
         raise ConversionError(
             f"{src}/config.json: mm_use_im_start_end=true (<im_start>/<im_end> around images) is not supported."
@@ -442,7 +436,7 @@ def convert_original_to_llava_hf(
         # The original's CLIPImageProcessor was PIL-based: the PIL backend reproduces its pixel values.
         image_processor=AutoImageProcessor.from_pretrained(tower, backend=image_processor_backend or "pil"),
         tokenizer=tokenizer,
-        chat_template=get_chat_template(chat_template) if chat_template in TEMPLATE_NAMES else chat_template,
+        chat_template=resolve_chat_template(chat_template),
         image_seq_length=config.image_seq_length,
         image_aspect_ratio=aspect,
         split_text_at_images=True,  # reproduce the original's token ids exactly
@@ -482,7 +476,8 @@ def convert(
 
     `chat_template` applies to original LLaVA checkpoints, whose conversation format is not recorded in the
     checkpoint: `None` picks the original's by projector (`"vicuna_v1"` for LLaVA-1.5's `mlp2x_gelu`, `"llava_v1"`
-    for LLaVA v1's `linear`); or `"vicuna_v1"`, `"llava_v1"`, `"plain"` (stage-1 projector checkpoints), a Jinja string.
+    for LLaVA v1's `linear`); or `"vicuna_v1"`, `"llava_v1"`, `"plain"` (stage-1 projector checkpoints), a `.jinja`
+    file or a Jinja string (see `llava_hf.chat_templates.resolve_chat_template`).
 
     `image_processor_backend` (`"pil"` or `"torchvision"`, transformers' `backend`) applies to conversions to
     llava_hf. `None`: `"pil"` for original checkpoints (their pixels exactly), and for transformers' Llava the
@@ -507,6 +502,7 @@ def convert(
             f"--chat-template applies to original LLaVA checkpoints; {src} is {layout!r} and keeps its own chat "
             "template."
         )
+    chat_template = resolve_chat_template(chat_template)  # a name or a .jinja file: read before any writing
     if to == "llava_hf":
         if layout == "hf-llava":
             convert_hf_llava_to_llava_hf(src, dst, image_processor_backend=image_processor_backend)

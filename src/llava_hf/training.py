@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from .utils import is_hub_id
+from .utils import is_hub_id, parse_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def resolve_dtype(model_args: LlavaModelArguments, training_args: Any | None = N
     autocast dtype itself and keeps float32 master weights in its optimizer, `auto` loads in that dtype instead.
     """
     if model_args.dtype != "auto":
-        return getattr(torch, model_args.dtype)
+        return parse_dtype(model_args.dtype)
     if training_args is not None and uses_deepspeed(training_args):
         return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     return torch.float32
@@ -322,13 +322,11 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
     without DeepSpeed.
     """
     from .builder import build_llava_from_pretrained
-    from .chat_templates import TEMPLATE_NAMES
 
     dtype = resolve_dtype(model_args, training_args)
 
+    # A name, a .jinja file or Jinja source: the builder reads it (llava_hf.chat_templates.resolve_chat_template).
     template = model_args.chat_template
-    if template not in TEMPLATE_NAMES and template.endswith(".jinja"):
-        template = Path(template).read_text()
     if model_args.stage == "1":
         if model_args.vision_model == OFFLINE_DEFAULT:
             from .backbones import load_offline_default

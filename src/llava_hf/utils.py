@@ -1,4 +1,5 @@
-"""Small helpers shared across llava_hf: device and dtype arguments, JSONL files, Hub repo ids.
+"""Small helpers shared across llava_hf: device and dtype arguments (and loading a model with them), JSONL files,
+checkpoint configs, Hub repo ids.
 
 Nothing here imports the rest of the package, so any module can use it.
 """
@@ -36,6 +37,28 @@ def parse_dtype(dtype: Any = "auto") -> Any:
     if not isinstance(value, torch.dtype):
         raise ValueError(f"dtype must be 'auto' or a torch dtype name (float32, bfloat16, float16), got {dtype!r}.")
     return value
+
+
+def load_pretrained(model_class: Any, path: str | Path, device: str | None = None, dtype: Any = "auto", **kwargs: Any):
+    """`model_class.from_pretrained(path, dtype=parse_dtype(dtype), **kwargs)` moved to `resolve_device(device)`:
+    how `llava-hf` loads the models it runs (an `Auto*` class or a model class)."""
+    model = model_class.from_pretrained(path, dtype=parse_dtype(dtype), **kwargs)
+    return model.to(resolve_device(device))
+
+
+# -- checkpoint configs ----------------------------------------------------------------------------------------------
+def read_config(folder: str | Path, error: type[Exception] = FileNotFoundError) -> dict[str, Any]:
+    """`folder/config.json` as a dict. A folder without one raises `error` (the caller's own error class, e.g. a
+    `ValueError` subclass) saying so; a file that is not JSON raises a `ValueError` naming it."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise error(f"{folder}: no config.json; is this a model folder?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as decode_error:
+        raise ValueError(
+            f"{path}: not valid JSON ({decode_error.msg} at line {decode_error.lineno})."
+        ) from decode_error
 
 
 # -- JSONL -----------------------------------------------------------------------------------------------------------

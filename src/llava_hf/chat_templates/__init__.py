@@ -8,6 +8,7 @@ evaluated with `llava_v1`.
 """
 
 from importlib import resources
+from pathlib import Path
 
 TEMPLATE_NAMES = ("plain", "vicuna_v1", "llava_v1", "chatml")
 
@@ -42,3 +43,23 @@ def get_chat_template(name: str, default_system: str = "") -> str:
     system = default_system if fixed_system is None else fixed_system
     source = resources.files(__package__).joinpath(filename).read_text()
     return source.replace("__DEFAULT_SYSTEM__", system.replace("\\", "\\\\").replace('"', '\\"'))
+
+
+def resolve_chat_template(template: str | None, default_system: str = "") -> str | None:
+    """A chat template given by name, file or source, as Jinja source: the one reading of `--chat-template`,
+    `chat_template:` in recipes and `chat_template=` arguments.
+
+    A shipped name (`TEMPLATE_NAMES`) gives `get_chat_template(name, default_system)`; a path ending in `.jinja` gives
+    the file's text (a missing file raises `FileNotFoundError`); anything else (Jinja source, or `None`) is returned
+    as it is.
+    """
+    if template is None:
+        return None
+    if template in TEMPLATE_NAMES:
+        return get_chat_template(template, default_system=default_system)
+    if template.endswith(".jinja") and "\n" not in template and "{" not in template:
+        path = Path(template)
+        if not path.is_file():
+            raise FileNotFoundError(f"chat template file {template} not found.")
+        return path.read_text()
+    return template

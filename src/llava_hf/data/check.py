@@ -8,7 +8,7 @@ from typing import Any
 
 from .collator import clean_message
 from .images import DEFAULT_MAX_PIXELS, image_problem
-from .llava_format import RecordError, _reason, _where, iter_llava_file, llava_record_to_row
+from .llava_format import RecordError, iter_llava_file, llava_record_to_row, problem_kind, record_location
 
 # Kinds that are notes, not problems: the data loads (after a safe conversion).
 NOTES = {"non-RGB image (converted)"}
@@ -93,11 +93,11 @@ def check_llava_files(
         root = Path(image_root) if image_root is not None else Path(path).parent
         for number, record in tqdm(iter_llava_file(path), disable=not progress, desc=f"checking {Path(path).name}"):
             report.records += 1
-            where = _where(str(path), number, record)
+            where = record_location(str(path), number, record)
             try:
                 row = llava_record_to_row(record, where)
             except RecordError as error:
-                report.add(_reason(str(error)), str(error))
+                report.add(problem_kind(str(error)), str(error))
                 continue
             _turn_problems(row, where, report)
             if check_images:

@@ -38,6 +38,8 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 LLAVA_ROLES = {value: key for key, value in ROLES.items()}
 # The playground layout of LLaVA-Instruct samples: one instruction / output pair per row.
 INSTRUCTION_LAYOUT_KEYS = {"instruction", "output"}
+# `load_llava_dataset`'s stages: "chat" (stage 2: conversations as they are), "plain" (stage 1: caption pairs).
+STAGES = ("chat", "plain")
 
 
 class RecordError(ValueError):
@@ -80,7 +82,8 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield from enumerate(ijson.items(handle, "item", use_float=True), start=1)
 
 
-def _where(source: str, number: int, record: dict) -> str:
+def record_location(source: str, number: int, record: dict) -> str:
+    """Where a record is, for messages: `"<file> line|row <number> (id <id>)"`."""
     unit = "line" if source.endswith(".jsonl") else "row"
     record_id = record.get("id") if isinstance(record, dict) else None
     return f"{source} {unit} {number} (id {record_id!r})"
@@ -93,7 +96,7 @@ def _image_files(record: dict) -> list[str]:
     return [image] if isinstance(image, str) else list(image)
 
 
-def _split_at_images(text: str) -> list[dict[str, Any]]:
+def split_at_images(text: str) -> list[dict[str, Any]]:
     """Typed content parts of a turn: text chunks and an image part at each `<image>`, in order."""
     if IMAGE_PLACEHOLDER not in text:  # most turns: one text part
         return [{"type": "text", "text": text}] if text else []
@@ -131,7 +134,7 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
         if role == "assistant" and IMAGE_PLACEHOLDER in value:
             raise RecordError(f"{where}: conversations[{index}] is a gpt turn with an <image> placeholder.")
         placeholders += value.count(IMAGE_PLACEHOLDER)
-        messages.append({"role": role, "content": _split_at_images(value)})
+        messages.append({"role": role, "content": split_at_images(value)})
     if placeholders != len(image_files):
         raise RecordError(
             f"{where}: the conversations have {placeholders} <image> placeholder(s) but 'image' has "
@@ -209,7 +212,7 @@ def _rows(
         root = str(Path(image_root) if image_root is not None else Path(path).parent)
         for number, record in iter_llava_file(path):
             report.rows_read += 1
-            where = _where(str(path), number, record)
+            where = record_location(str(path), number, record)
             try:
                 row = llava_record_to_row(record, where)
                 if stage == "plain":
@@ -217,15 +220,16 @@ def _rows(
             except RecordError as error:
                 if on_error == "raise":
                     raise
-                report.skip(type(error).__name__ if not str(error) else _reason(str(error)), str(error))
+                report.skip(type(error).__name__ if not str(error) else problem_kind(str(error)), str(error))
                 continue
             row["images"] = [{"path": f"{root}/{name}", "bytes": None} for name in row["image_files"]]
             report.rows_written += 1
             yield row
 
 
-def _reason(message: str) -> str:
-    # Group skips by the kind of problem (the text after the record's location), for the report.
+def problem_kind(message: str) -> str:
+    """The kind of problem a `RecordError` message names (the text after the record's location), to group skipped
+    or failing records by in reports."""
     detail = message.split("): ", 1)[-1]
     for marker in ("placeholder", "conversations", "from=", "value is", "needs", "JSON", "gpt turn", "caption"):
         if marker in detail:
@@ -269,7 +273,7 @@ def load_llava_dataset(
     """
     from datasets import Dataset
 
-    if stage not in ("chat", "plain"):
+    if stage not in STAGES:
         raise ValueError(f'stage must be "chat" or "plain", got {stage!r}.')
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}.')

@@ -41,17 +41,18 @@ logger = logging.getLogger(__name__)
 class EngineSettings:
     """How the engine runs. Prices are per million tokens, in whatever currency you count in."""
 
-    kinds: tuple[str, ...] = KINDS
-    samples_per_image: int = 1
-    seed: int = 0
-    concurrency: int = 32
-    max_retries: int = 6
-    initial_backoff: float = 1.0
-    max_backoff: float = 60.0
-    max_retry_after: float = 300.0  # a server asking for longer than this gets this (a run should not stall for hours)
-    input_price: float = 0.0
-    output_price: float = 0.0
-    progress: bool = True
+    kinds: tuple[str, ...] = field(default=KINDS, metadata={"help": "comma-separated instruction types"})
+    samples_per_image: int = field(default=1, metadata={"help": "requests per image and type"})
+    seed: int = field(default=0, metadata={"help": "few-shot order, detail instruction, <image> position"})
+    concurrency: int = field(default=32, metadata={"help": "requests in flight at most"})
+    max_retries: int = field(default=6, metadata={"help": "retries per request on 429/5xx/timeouts/resets"})
+    initial_backoff: float = field(default=1.0, metadata={"help": "seconds before the first retry"})
+    max_backoff: float = field(default=60.0, metadata={"help": "longest backoff between retries, in seconds"})
+    # A server asking for longer than this gets this (a run should not stall for hours).
+    max_retry_after: float = field(default=300.0, metadata={"help": "longest Retry-After honoured, in seconds"})
+    input_price: float = field(default=0.0, metadata={"help": "price per 1M prompt tokens, for the cost"})
+    output_price: float = field(default=0.0, metadata={"help": "price per 1M completion tokens"})
+    progress: bool = field(default=True, metadata={"help": "the progress bar"})
 
     def __post_init__(self) -> None:
         self.kinds = tuple(canonical_kind(kind) for kind in self.kinds)

@@ -71,9 +71,9 @@ class TransformersBackend:
         """Load a causal LM folder (or Hub id) and its tokenizer; `device` defaults to CUDA when available."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..utils import parse_dtype, resolve_device
+        from ..utils import load_pretrained
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(dtype)).to(resolve_device(device))
+        model = load_pretrained(AutoModelForCausalLM, path, device=device, dtype=dtype)
         return cls(model, AutoTokenizer.from_pretrained(path), name=kwargs.pop("name", path), **kwargs)
 
     async def complete(self, messages: list[dict[str, str]]) -> Completion:

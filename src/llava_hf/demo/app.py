@@ -6,11 +6,11 @@ on image size, pixel count and text length that answer with a message saying whi
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .chat import ChatModel, GenerationSettings, InputError, Limits, check_text, open_image
+from .chat import DEMO_GENERATION, ChatModel, GenerationSettings, InputError, Limits, check_text, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class DemoConfig:
     title: str = ""
     description: str = ""
     limits: Limits = field(default_factory=Limits)
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    generation: GenerationSettings = field(default_factory=lambda: replace(DEMO_GENERATION))
     # [{"text": question, "image": path}], paths relative to the folder of demo_config.json (or absolute).
     examples: list[dict[str, str]] = field(default_factory=list)
     device: str | None = None
@@ -41,7 +41,7 @@ class DemoConfig:
             raise ValueError(f"unknown demo settings {sorted(unknown)}; known: {sorted(known)}.")
         data = dict(data)
         data["limits"] = Limits.from_dict(data.get("limits") or {})
-        data["generation"] = GenerationSettings(**(data.get("generation") or {}))
+        data["generation"] = replace(DEMO_GENERATION, **(data.get("generation") or {}))
         return cls(**data)
 
 
@@ -128,7 +128,13 @@ def build_demo(chat: ChatModel, config: DemoConfig, base_dir: str | Path | None 
         temperature: float,
         top_p: float,
     ) -> Iterator[str]:
-        settings = GenerationSettings(int(max_new_tokens), bool(do_sample), float(temperature), float(top_p))
+        settings = replace(
+            defaults,
+            max_new_tokens=int(max_new_tokens),
+            do_sample=bool(do_sample),
+            temperature=float(temperature),
+            top_p=float(top_p),
+        )
         try:
             settings.check(limits)
             messages, images = to_model_messages(history, message, limits)

@@ -6,11 +6,13 @@ Nothing here imports gradio: the web app and the terminal chat are thin layers o
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from ..generation import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +25,11 @@ class InputError(ValueError):
 class Limits:
     """What the demo accepts. LLaVA sees images at a few hundred pixels: anything larger only costs memory."""
 
-    max_image_megabytes: float = 10.0
-    max_image_megapixels: float = 16.0
-    max_text_chars: int = 2000
-    max_images: int = 4
-    max_new_tokens: int = 1024
+    max_image_megabytes: float = field(default=10.0, metadata={"help": "largest image file accepted, in MB"})
+    max_image_megapixels: float = field(default=16.0, metadata={"help": "largest image accepted, in megapixels"})
+    max_text_chars: int = field(default=2000, metadata={"help": "longest message accepted, in characters"})
+    max_images: int = field(default=4, metadata={"help": "images per conversation"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "the most max_new_tokens a user may ask for"})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,28 +42,23 @@ class Limits:
             raise ValueError(f"unknown limits {sorted(unknown)}; known: {sorted(known)}.")
         return cls(**data)
 
-
-@dataclass
-class GenerationSettings:
-    """The demo's generation settings (the web app shows them as sliders)."""
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 0.2
-    top_p: float = 0.9
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def check(self, limits: Limits) -> None:
-        if not 1 <= self.max_new_tokens <= limits.max_new_tokens:
+    def check_generation(self, settings: GenerationSettings) -> None:
+        """Refuse generation settings out of range (`GenerationSettings.check` calls this)."""
+        if not 1 <= settings.max_new_tokens <= self.max_new_tokens:
             raise InputError(
-                f"max new tokens must be between 1 and {limits.max_new_tokens}, got {self.max_new_tokens}."
+                f"max new tokens must be between 1 and {self.max_new_tokens}, got {settings.max_new_tokens}."
             )
-        if self.do_sample and not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
+        if settings.do_sample and not (
+            0 < settings.temperature <= 5 and (settings.top_p is None or 0 < settings.top_p <= 1)
+        ):
             raise InputError(
-                f"sampling needs 0 < temperature <= 5 and 0 < top_p <= 1, got {self.temperature} and {self.top_p}."
+                f"sampling needs 0 < temperature <= 5 and 0 < top_p <= 1, got {settings.temperature} and "
+                f"{settings.top_p}."
             )
+
+
+# The demo's generation defaults (the web app shows them as sliders; `llava-hf demo` and `chat` as options).
+DEMO_GENERATION = GenerationSettings(max_new_tokens=256, top_p=0.9)
 
 
 def check_text(text: str | None, limits: Limits) -> str:
@@ -148,11 +145,11 @@ class ChatModel:
         """Load a checkpoint folder or Hub id; llava_hf's classes are registered, so no remote code runs."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        import llava_hf  # noqa: F401  (registers the Auto classes)
+        from ..registration import register
+        from ..utils import load_pretrained
 
-        from ..utils import parse_dtype, resolve_device
-
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=parse_dtype(dtype)).to(resolve_device(device))
+        register()
+        model = load_pretrained(AutoModelForImageTextToText, path, device=device, dtype=dtype)
         return cls(model, AutoProcessor.from_pretrained(path), name=str(path))
 
     def inputs(self, messages: list[dict[str, Any]], images: list[Image.Image]):
@@ -179,9 +176,7 @@ class ChatModel:
         """
         inputs = self.inputs(messages, images)
         streamer = TokenIdStreamer()
-        kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample}
-        if settings.do_sample:
-            kwargs |= {"temperature": settings.temperature, "top_p": settings.top_p}
+        kwargs = settings.generate_kwargs()
         failure: list[BaseException] = []
 
         def generate() -> None:

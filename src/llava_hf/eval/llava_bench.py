@@ -25,6 +25,9 @@ from ..utils import read_jsonl, repair_torn_tail
 
 logger = logging.getLogger(__name__)
 
+# Generated tokens per candidate answer by default (`llava-hf eval llava-bench`): detailed descriptions run long.
+ANSWER_MAX_NEW_TOKENS = 512
+
 # Our own wording of the judging instructions, per question type.
 JUDGE_SYSTEM = "You are a careful, impartial judge of answers to questions about images."
 RUBRICS = {

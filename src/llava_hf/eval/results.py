@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..version import __version__
+
 # How each task appears in a model card.
 TASKS = {
     "scienceqa": {
@@ -33,8 +35,6 @@ def sha256(path: str | Path) -> str:
 
 def make_results(task: str, model: str, data: dict[str, str | Path], settings: dict, metrics: dict) -> dict[str, Any]:
     """The results record: `data` maps a role (questions, references, ...) to a file, hashed here."""
-    from .. import __version__
-
     return {
         "task": task,
         "model": str(model),

@@ -17,36 +17,14 @@ import torch
 
 from ..data.collator import clean_message
 from ..data.images import blank_like, load_image
-from ..data.llava_format import _split_at_images, iter_llava_file
+from ..data.llava_format import iter_llava_file, split_at_images
 from ..data.scienceqa import LETTER_PROMPT
+from ..generation import GenerationSettings
 from ..utils import iter_jsonl, read_jsonl, repair_torn_tail
 
 logger = logging.getLogger(__name__)
 
-SCIENCEQA_SUFFIX = LETTER_PROMPT
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 0.2
-    top_p: float | None = None
-    num_beams: int = 1
-    seed: int = 0
-    batch_size: int = 8
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "num_beams": self.num_beams,
-        }
-        if self.do_sample:
-            kwargs["temperature"] = self.temperature
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
-        return kwargs
+SCIENCEQA_SUFFIX = LETTER_PROMPT  # LLaVA-1.5's ScienceQA instruction, appended to each question
 
 
 @dataclass
@@ -88,7 +66,7 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
             continue
         if "conversations" in record:
             human = record["conversations"][0]["value"]
-            parts = _split_at_images(human)
+            parts = split_at_images(human)
             extra = {k: v for k, v in record.items() if k not in ("id", "image", "conversations")}
             if len(record["conversations"]) > 1:
                 extra["answer"] = record["conversations"][1]["value"]

@@ -22,6 +22,8 @@ from ..utils import read_jsonl
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
+# Generated tokens per answer by default (`llava-hf eval scienceqa`): a letter, or a short sentence naming one.
+ANSWER_MAX_NEW_TOKENS = 16
 # The official pattern: "The answer is " + one capital letter + any character.
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.shapes import MCQ_MAX_NEW_TOKENS, MCQ_PROMPT
-from .runner import GenerationSettings, load_questions, read_answers, run_inference
+from ..generation import GenerationSettings
+from .runner import load_questions, read_answers, run_inference
 from .scienceqa import parse_prediction, score_scienceqa
 
 

@@ -1,0 +1,228 @@
+"""`llava-hf eval scienceqa|llava-bench|summarize|shapes`: evaluate a checkpoint (`llava_hf.eval`), write
+results.json and print the scores."""
+
+import argparse
+from typing import Any
+
+from ._args import add_command, add_dataclass_arguments, add_device_arguments, dataclass_from_args
+
+# The GenerationSettings fields `eval` exposes, in --help order.
+GENERATION_FIELDS = ("batch_size", "max_new_tokens", "do_sample", "temperature", "seed")
+
+
+def _generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    from ..generation import GenerationSettings
+
+    parser.add_argument("--model", help="llava_hf checkpoint folder (or Hub id)")
+    parser.add_argument("--output-dir", required=True, help="answers, reviews and results.json go here")
+    add_dataclass_arguments(parser, GenerationSettings, GENERATION_FIELDS, defaults={"max_new_tokens": max_new_tokens})
+    add_device_arguments(parser)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..data.shapes import MCQ_MAX_NEW_TOKENS
+    from ..eval.llava_bench import ANSWER_MAX_NEW_TOKENS as BENCH_MAX_NEW_TOKENS
+    from ..eval.scienceqa import ANSWER_MAX_NEW_TOKENS as SCIENCEQA_MAX_NEW_TOKENS
+
+    evaluation = add_command(subparsers, "eval", help="evaluate a checkpoint: scienceqa, llava-bench, shapes")
+    verbs = evaluation.add_subparsers(dest="verb", required=True)
+
+    sqa = add_command(
+        verbs,
+        "scienceqa",
+        help="ScienceQA accuracy with the official parse (failed parses counted, never guessed)",
+        description=(
+            "examples:\n  llava-hf eval scienceqa --model out/llava --questions llava_test_CQM-A.json "
+            "--image-root scienceqa/images/test --output-dir out/eval/sqa\n"
+            "  llava-hf eval scienceqa --answers answers.jsonl --questions llava_test_CQM-A.json --output-dir out/eval/sqa"
+        ),
+    )
+    _generation_args(sqa, SCIENCEQA_MAX_NEW_TOKENS)
+    sqa.add_argument(
+        "--questions",
+        required=True,
+        help="LLaVA-format questions (gpt turn = the gold letter, or ends with 'The answer is X.')",
+    )
+    sqa.add_argument("--image-root", default=None)
+    sqa.add_argument("--problems", default=None, help="official problems.json, for per-category scores")
+    sqa.add_argument("--answers", default=None, help="score an existing answers .jsonl (or official result .json)")
+    sqa.add_argument("--no-suffix", action="store_true", help="do not append LLaVA-1.5's single-letter instruction")
+    sqa.set_defaults(func=run_scienceqa)
+
+    bench = add_command(
+        verbs,
+        "llava-bench",
+        help="LLaVA-Bench relative scores with an LLM judge",
+        description=(
+            "example:\n  OPENAI_API_KEY=... llava-hf eval llava-bench --model out/llava --questions qa90_questions.jsonl "
+            "--context caps_boxes_coco2014_val_80.jsonl --reference qa90_gpt4_answer.jsonl --image-root val2014 "
+            "--judge-model gpt-4o --output-dir out/eval/bench"
+        ),
+    )
+    _generation_args(bench, BENCH_MAX_NEW_TOKENS)
+    bench.add_argument("--questions", required=True)
+    bench.add_argument("--context", required=True, help="caps_boxes (COCO) or context.jsonl (in-the-wild)")
+    bench.add_argument("--reference", required=True, help="reference answers .jsonl (GPT-4's)")
+    bench.add_argument("--answers", default=None, help="candidate answers .jsonl (else generated with --model)")
+    bench.add_argument("--image-root", default=None)
+    bench.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint (default: OpenAI)")
+    bench.add_argument("--judge-model", default=None, help="judge model name on that endpoint")
+    bench.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    bench.add_argument("--judge-local", default=None, help="or: a local causal LM folder to judge with")
+    bench.set_defaults(func=run_llava_bench)
+
+    summary = add_command(verbs, "summarize", help="relative scores of existing LLaVA-Bench review files")
+    summary.add_argument("reviews", nargs="+")
+    summary.set_defaults(func=run_summarize)
+
+    shapes = add_command(
+        verbs,
+        "shapes",
+        help="held-out shapes-world accuracy and the blank-image baseline",
+        description="example:\n  llava-hf eval shapes --model out/stage2 --world outputs/shapes --output-dir out/eval/shapes",
+    )
+    _generation_args(shapes, MCQ_MAX_NEW_TOKENS)
+    shapes.add_argument("--world", required=True, help="folder written by `llava-hf data shapes`")
+    shapes.set_defaults(func=run_shapes)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """`(model, processor)` of `--model` on `--device` in `--dtype`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..registration import register
+    from ..utils import load_pretrained
+
+    if not args.model:
+        raise ValueError("--model is required to generate answers.")
+    register()
+    model = load_pretrained(AutoModelForImageTextToText, args.model, device=args.device, dtype=args.dtype)
+    return model, AutoProcessor.from_pretrained(args.model)
+
+
+def generation_settings(args: argparse.Namespace):
+    from ..generation import GenerationSettings
+
+    return dataclass_from_args(GenerationSettings, args)
+
+
+def run_scienceqa(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..eval.results import make_results, write_results
+    from ..eval.runner import SCIENCEQA_SUFFIX, load_questions, run_inference
+    from ..eval.scienceqa import load_predictions, score_scienceqa
+
+    out = Path(args.output_dir)
+    answers = Path(args.answers) if args.answers else out / "answers.jsonl"
+    suffix = "" if args.no_suffix else SCIENCEQA_SUFFIX
+    settings = generation_settings(args)
+    if not args.answers:
+        model, processor = load_model(args)
+        questions = load_questions(args.questions, args.image_root)
+        run_inference(model, processor, questions, answers, settings, Path(args.model).name, suffix)
+    problems = json.loads(Path(args.problems).read_text()) if args.problems else None
+    metrics = score_scienceqa(load_predictions(answers), json.loads(Path(args.questions).read_text()), problems)
+    data = {"questions": args.questions, "answers": answers} | ({"problems": args.problems} if args.problems else {})
+    path = write_results(
+        make_results(
+            "scienceqa", args.model or "answers-file", data, settings.to_dict() | {"prompt_suffix": suffix}, metrics
+        ),
+        out / "results.json",
+    )
+    print(
+        f"ScienceQA: {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['count']}), image subset "
+        f"{metrics['image_accuracy']:.2f}%, failed parses {metrics['failed_parses']} (scored wrong) -> {path}"
+    )
+    return 0
+
+
+def run_llava_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..eval.llava_bench import OpenAIJudge, TransformersJudge, review, summarize
+    from ..eval.results import make_results, write_results
+    from ..eval.runner import load_questions, run_inference
+    from ..utils import read_jsonl
+
+    out = Path(args.output_dir)
+    answers = Path(args.answers) if args.answers else out / "answers.jsonl"
+    settings = generation_settings(args)
+    if not args.answers:
+        model, processor = load_model(args)
+        questions = load_questions(args.questions, args.image_root)
+        run_inference(model, processor, questions, answers, settings, Path(args.model).name)
+    if args.judge_local:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        judge = TransformersJudge(
+            AutoModelForCausalLM.from_pretrained(args.judge_local), AutoTokenizer.from_pretrained(args.judge_local)
+        )
+    elif args.judge_model:
+        judge = OpenAIJudge(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_key_env)
+    else:
+        raise ValueError("pass --judge-model (an OpenAI-compatible endpoint) or --judge-local (a local model folder).")
+    reviews = out / "reviews.jsonl"
+    report = review(
+        judge,
+        read_jsonl(args.questions),
+        read_jsonl(args.context),
+        read_jsonl(args.reference),
+        read_jsonl(answers),
+        reviews,
+    )
+    metrics = summarize(read_jsonl(reviews))
+    data = {"questions": args.questions, "context": args.context, "reference": args.reference, "answers": answers}
+    judged = settings.to_dict() | {"judge": judge.name, "judge_base_url": args.judge_base_url}
+    path = write_results(
+        make_results("llava-bench", args.model or "answers-file", data, judged, metrics), out / "results.json"
+    )
+    print(render_summary(metrics) + f"\nunreadable judge replies: {report.unparseable} -> {path}")
+    return 0
+
+
+def render_summary(summary: dict) -> str:
+    """LLaVA-Bench's relative scores as a table, one row per category."""
+    lines = ["category   relative  reference  candidate  count"]
+    for category, row in summary.items():
+        if isinstance(row, dict):
+            lines.append(
+                f"{category:<10} {row['relative_score']:8.1f}  {row['reference_mean_x10']:9.1f}  "
+                f"{row['candidate_mean_x10']:9.1f}  {row['count']:5d}"
+            )
+    if summary.get("excluded_unparseable"):
+        lines.append(f"excluded (no readable scores): {summary['excluded_unparseable']}")
+    return "\n".join(lines)
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    from ..eval.llava_bench import summarize
+    from ..utils import read_jsonl
+
+    for path in args.reviews:
+        print(f"{path}\n{render_summary(summarize(read_jsonl(path)))}")
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data.shapes import MCQ_PROMPT
+    from ..eval.results import make_results, write_results
+    from ..eval.shapes import evaluate_shapes
+
+    settings = generation_settings(args)
+    model, processor = load_model(args)
+    metrics = evaluate_shapes(model, processor, args.world, args.output_dir, settings, Path(args.model).name)
+    data = {"questions": Path(args.world) / "mcq_test.json"}
+    asked = settings.to_dict() | {"prompt_suffix": MCQ_PROMPT}  # what each test question was asked with
+    path = write_results(
+        make_results("shapes", args.model, data, asked, metrics),
+        Path(args.output_dir) / "results.json",
+    )
+    print(
+        f"shapes: {metrics['accuracy']:.2f}% with the image, {metrics['blind_accuracy']:.2f}% with a blank image "
+        f"(gap {metrics['gap']:+.2f} points, {metrics['count']} questions) -> {path}"
+    )
+    return 0

@@ -1,0 +1,169 @@
+"""`llava-hf generate-instructions`: the paper's data engine (`llava_hf.datagen`)."""
+
+import argparse
+import sys
+
+from ._args import (
+    add_command,
+    add_dataclass_arguments,
+    add_device_arguments,
+    dataclass_from_args,
+    default_of,
+)
+
+# EngineSettings fields named otherwise on the command line.
+ENGINE_RENAME = {"kinds": "--types", "input_price": "--price-input", "output_price": "--price-output"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..datagen import EngineSettings, OpenAICompatibleBackend, TransformersBackend
+
+    parser = add_command(
+        subparsers,
+        "generate-instructions",
+        help="the paper's data engine: an LLM writes instruction data from captions + boxes",
+        description=(
+            "Generate conversation / detailed-description / complex-reasoning data for your images with any "
+            "OpenAI-compatible endpoint or an in-process model. Output: <out>/instructions.jsonl (append-only; a "
+            "rerun resumes), rejected.jsonl, failed.jsonl, report.json and llava_instruct.json (LLaVA JSON).\n\n"
+            "examples:\n"
+            "  OPENAI_API_KEY=... llava-hf generate-instructions --annotations instances_train2017.json "
+            "--captions captions_train2017.json --model gpt-4o-mini --out out/instruct --price-input 0.15 "
+            "--price-output 0.6\n"
+            "  llava-hf generate-instructions --annotations outputs/shapes --base-url http://localhost:8000/v1 "
+            "--model Qwen/Qwen2.5-7B-Instruct --types conversation,detail,complex --concurrency 64 --out out/shapes-instruct\n"
+            "  llava-hf generate-instructions --annotations caps_boxes.jsonl --backend transformers "
+            "--model HuggingFaceTB/SmolLM2-1.7B-Instruct --out out/local"
+        ),
+    )
+    source = parser.add_argument_group("images")
+    source.add_argument(
+        "--annotations",
+        nargs="+",
+        required=True,
+        help="COCO instances .json file(s), caps_boxes .jsonl file(s), or a shapes-world folder",
+    )
+    source.add_argument("--captions", nargs="+", default=None, help="COCO captions .json, one per instances file")
+    source.add_argument(
+        "--image-prefix", default="", help="prefix for the records' image paths (e.g. coco/train2017/)"
+    )
+    source.add_argument("--limit", type=int, default=None, help="only the first N images")
+
+    request = parser.add_argument_group("requests")
+    add_dataclass_arguments(request, EngineSettings, ["kinds", "samples_per_image"], rename=ENGINE_RENAME)
+    request.add_argument("--prompts", default=None, help="folder of your own system prompts and few-shot examples")
+    add_dataclass_arguments(request, EngineSettings, ["seed"])
+    request.add_argument(
+        "--temperature",
+        type=float,
+        default=default_of(OpenAICompatibleBackend, "temperature"),
+        help="sampling temperature",
+    )
+    request.add_argument(
+        "--max-tokens",
+        type=int,
+        default=default_of(OpenAICompatibleBackend, "max_tokens"),
+        help="completion token limit per request",
+    )
+
+    backend = parser.add_argument_group("backend")
+    backend.add_argument(
+        "--backend",
+        choices=["openai", "transformers"],
+        default="openai",
+        help="openai: an OpenAI-compatible endpoint; transformers: a causal LM run in this process",
+    )
+    backend.add_argument("--model", required=True, help="model name on the endpoint, or a local folder/Hub id")
+    backend.add_argument(
+        "--base-url", default=None, help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI)"
+    )
+    backend.add_argument(
+        "--api-key-env",
+        default=default_of(OpenAICompatibleBackend, "api_key_env"),
+        help="environment variable holding the key",
+    )
+    backend.add_argument(
+        "--timeout", type=float, default=default_of(OpenAICompatibleBackend, "timeout"), help="seconds per request"
+    )
+    backend.add_argument(
+        "--extra-body", default=None, help="JSON merged into each request body, e.g. '{\"top_p\": 0.9}'"
+    )
+    backend.add_argument(
+        "--batch-size",
+        type=int,
+        default=default_of(TransformersBackend, "batch_size"),
+        help="transformers backend: generation batch size (keep --concurrency at least this)",
+    )
+    add_device_arguments(backend, "transformers backend: ")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
+    add_dataclass_arguments(
+        run,
+        EngineSettings,
+        ["concurrency", "max_retries", "initial_backoff", "max_backoff", "input_price", "output_price"],
+        rename=ENGINE_RENAME,
+    )
+    run.add_argument("--llava-json", default=None, help="LLaVA JSON to write (default: <out>/llava_instruct.json)")
+    run.add_argument("--dataset", default=None, help="also save a datasets folder here (images by path)")
+    run.add_argument("--image-root", default=None, help="folder the image paths are relative to, for --dataset")
+    add_dataclass_arguments(run, EngineSettings, ["progress"])
+    parser.set_defaults(func=run_generate_instructions)
+
+
+def run_generate_instructions(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from ..datagen import (
+        BackendUnusable,
+        EngineSettings,
+        InstructionEngine,
+        OpenAICompatibleBackend,
+        TransformersBackend,
+        load_contexts,
+        load_instruction_dataset,
+        load_prompts,
+        write_llava_instruct,
+    )
+
+    settings = dataclass_from_args(EngineSettings, args)
+    contexts = load_contexts(args.annotations, args.captions, args.image_prefix)
+    if args.limit is not None:
+        contexts = contexts[: args.limit]
+    prompts = load_prompts(settings.kinds, args.prompts)
+    if args.backend == "transformers":
+        backend = TransformersBackend.from_pretrained(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_new_tokens=args.max_tokens,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    else:
+        backend = OpenAICompatibleBackend(
+            args.model,
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            timeout=args.timeout,
+            max_connections=args.concurrency,
+            extra_body=json.loads(args.extra_body) if args.extra_body else None,
+        )
+    print(f"{len(contexts)} images x {len(settings.kinds)} types x {settings.samples_per_image} -> {args.out}")
+    try:
+        report = asyncio.run(InstructionEngine(backend, args.out, settings, prompts).run(contexts))
+    except (BackendUnusable, RuntimeError) as error:
+        print(f"llava-hf generate-instructions: error: {error}", file=sys.stderr)
+        return 1
+    print(report.render())
+    path, count = write_llava_instruct(args.out, args.llava_json)
+    print(f"{count} records -> {path}")
+    if args.dataset:
+        dataset, _ = load_instruction_dataset(args.out, args.image_root, progress=False)
+        dataset.save_to_disk(args.dataset)
+        print(f"dataset ({len(dataset)} rows) -> {args.dataset}")
+    return 1 if report.failed_total else 0
