@@ -147,6 +147,7 @@ def run_llava_bench(args: argparse.Namespace) -> int:
     from ..utils import read_jsonl
 
     out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)  # reviews and results go there, also when the answers come from a file
     answers = Path(args.answers) if args.answers else out / "answers.jsonl"
     settings = generation_settings(args)
     if not args.answers:
@@ -187,8 +188,9 @@ def render_summary(summary: dict) -> str:
     lines = ["category   relative  reference  candidate  count"]
     for category, row in summary.items():
         if isinstance(row, dict):
+            relative = "-" if row["relative_score"] is None else f"{row['relative_score']:.1f}"
             lines.append(
-                f"{category:<10} {row['relative_score']:8.1f}  {row['reference_mean_x10']:9.1f}  "
+                f"{category:<10} {relative:>8}  {row['reference_mean_x10']:9.1f}  "
                 f"{row['candidate_mean_x10']:9.1f}  {row['count']:5d}"
             )
     if summary.get("excluded_unparseable"):

@@ -372,6 +372,11 @@ def build_shapes_world(
     """
     from tqdm.auto import tqdm
 
+    for name, value in (("num_images", num_images), ("image_size", image_size), ("max_objects", max_objects)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1) (the share of images held out), got {test_fraction}.")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(exist_ok=True)

@@ -248,7 +248,8 @@ def summarize(reviews: Iterable[dict]) -> dict[str, Any]:
         reference = sum(p[0] for p in pairs) / len(pairs)
         candidate = sum(p[1] for p in pairs) / len(pairs)
         summary[category] = {
-            "relative_score": 100.0 * candidate / reference,
+            # A reference scored 0 throughout leaves nothing to be relative to: None, not a ZeroDivisionError.
+            "relative_score": 100.0 * candidate / reference if reference > 0 else None,
             "reference_mean_x10": 10 * reference,
             "candidate_mean_x10": 10 * candidate,
             "count": len(pairs),

@@ -89,7 +89,7 @@ def score_scienceqa(
         parsed[qid] = letter
         if letter == FAILED:
             failed.append(qid)
-        elif OPTIONS.index(letter) >= n_options:
+        elif letter not in OPTIONS[:n_options]:  # "The answer is Y." names no option: wrong, counted
             out_of_range.append(qid)
         hit = letter == gold
         groups = ["all"] + (["image"] if "image" in record else []) + _categories(qid, record, problems)

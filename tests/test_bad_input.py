@@ -1,0 +1,78 @@
+"""Bad input gets a clear error or a counted result, never a crash or a silent success."""
+
+import json
+
+import pytest
+
+from llava_hf.cli import main
+from llava_hf.eval.llava_bench import summarize
+from llava_hf.eval.scienceqa import score_scienceqa
+
+pytestmark = pytest.mark.fuzz
+
+
+def _question(qid: str, gold: str = "A") -> dict:
+    return {
+        "id": qid,
+        "conversations": [
+            {"from": "human", "value": "Which is it?\nA. cat\nB. dog"},
+            {"from": "gpt", "value": gold},
+        ],
+    }
+
+
+def test_scienceqa_an_answer_naming_no_option_letter_is_out_of_range_not_a_crash():
+    report = score_scienceqa({"q1": "The answer is Yes.", "q2": "A"}, [_question("q1"), _question("q2")])
+    assert report["out_of_range"] == 1 and report["out_of_range_ids"] == ["q1"]
+    assert report["accuracy"] == pytest.approx(50.0)
+
+
+def test_llava_bench_a_reference_scored_zero_has_no_relative_score(tmp_path, capsys):
+    reviews = [{"question_id": 0, "category": "conv", "tuple": [0.0, 5.0]}]
+    assert summarize(reviews)["all"]["relative_score"] is None
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    assert main(["eval", "summarize", str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("all"))
+    assert row.split()[1] == "-"
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--num-images", "-5", "num_images must be at least 1, got -5"),
+        ("--num-images", "0", "num_images must be at least 1, got 0"),
+        ("--test-fraction", "1.5", r"test_fraction must be in \[0, 1\)"),
+        ("--test-fraction", "-0.1", r"test_fraction must be in \[0, 1\)"),
+        ("--max-objects", "0", "max_objects must be at least 1"),
+    ],
+)
+def test_shapes_world_refuses_bad_sizes_before_writing(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "world"
+    assert main(["data", "shapes", str(out), flag, value]) == 1
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()  # nothing half-written
+
+
+def test_llava_bench_from_an_answers_file_creates_the_output_folder(tmp_path):
+    from test_eval_llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
+
+    files = {}
+    for name, rows in (
+        ("questions", QUESTIONS),
+        ("context", CONTEXTS),
+        ("reference", REFERENCES),
+        ("answers", CANDIDATES),
+    ):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "new" / "folder"
+    with ScriptedServer([("ok", "8 4\n"), ("ok", "6 6\n"), ("ok", "10 5\n")]) as base_url:
+        code = main(
+            ["eval", "llava-bench", "--answers", str(files["answers"]), "--questions", str(files["questions"])]
+            + ["--context", str(files["context"]), "--reference", str(files["reference"])]
+            + ["--judge-base-url", base_url, "--judge-model", "judge", "--output-dir", str(out)]
+        )
+    assert code == 0 and (out / "results.json").exists() and (out / "reviews.jsonl").exists()
