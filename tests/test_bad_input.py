@@ -76,3 +76,30 @@ def test_llava_bench_from_an_answers_file_creates_the_output_folder(tmp_path):
             + ["--judge-base-url", base_url, "--judge-model", "judge", "--output-dir", str(out)]
         )
     assert code == 0 and (out / "results.json").exists() and (out / "reviews.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "check"])
+def test_a_json_object_at_the_top_level_is_an_error_not_zero_rows(tmp_path, capsys, command):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"data": [{"id": "1", "conversations": []}]}))
+    args = ["data", command, str(path)]
+    args += [str(tmp_path / "out"), "--image-root", str(tmp_path), "--skip-bad"] if command == "convert" else []
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "not a JSON array" in err and ".jsonl" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_record_that_would_train_on_nothing_is_an_error_naming_it_or_a_counted_skip(tmp_path):
+    from llava_hf.data import load_llava_dataset
+    from llava_hf.data.llava_format import RecordError
+
+    good = {"id": "good", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    question_only = {"id": "lonely", "conversations": [{"from": "human", "value": "Anyone?"}]}
+    empty_answer = {"id": "mute", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": " "}]}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([good, question_only, empty_answer]))
+    with pytest.raises(RecordError, match=r"'lonely'.*turns out of human/gpt order \(roles \['user'\]\)"):
+        load_llava_dataset(path, tmp_path)
+    dataset, report = load_llava_dataset(path, tmp_path, on_error="skip")
+    assert len(dataset) == 1 and report.skipped == {"turns out of human/gpt order": 1, "empty turn": 1}

@@ -78,6 +78,14 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
     import ijson
 
     with path.open("rb") as handle:
+        first = handle.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+        if first and first != b"[":
+            # ijson would find no `item` in an object and yield nothing: "0 rows", not an error.
+            raise RecordError(
+                f"{path}: the top level is not a JSON array (starts with {first.decode(errors='replace')!r}); a LLaVA "
+                ".json file is a list of records: wrap them in [...] or write one record per line as .jsonl."
+            )
+        handle.seek(0)
         # use_float keeps numbers as float instead of Decimal, as json.load would.
         yield from enumerate(ijson.items(handle, "item", use_float=True), start=1)
 
@@ -135,6 +143,18 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
             raise RecordError(f"{where}: conversations[{index}] is a gpt turn with an <image> placeholder.")
         placeholders += value.count(IMAGE_PLACEHOLDER)
         messages.append({"role": role, "content": split_at_images(value)})
+    # Human and gpt turns alternate, human first, as the original preprocessing asserts; an empty gpt turn or none
+    # at all would leave every label at -100: a sample that trains on nothing, which the collator could not count.
+    roles = [message["role"] for message in messages if message["role"] != "system"]
+    if roles != ["user", "assistant"] * (len(roles) // 2) or not roles:
+        raise RecordError(
+            f"{where}: turns out of human/gpt order (roles {roles}); every human turn must be followed by its gpt answer."
+        )
+    for index, (message, turn) in enumerate(zip(messages, conversations)):
+        if message["role"] == "assistant" and not turn["value"].strip():
+            raise RecordError(
+                f"{where}: conversations[{index}] (gpt) is empty: nothing to train on; write the answer."
+            )
     if placeholders != len(image_files):
         raise RecordError(
             f"{where}: the conversations have {placeholders} <image> placeholder(s) but 'image' has "
@@ -231,18 +251,23 @@ def problem_kind(message: str) -> str:
     """The kind of problem a `RecordError` message names (the text after the record's location), to group skipped
     or failing records by in reports."""
     detail = message.split("): ", 1)[-1]
-    for marker in ("placeholder", "conversations", "from=", "value is", "needs", "JSON", "gpt turn", "caption"):
+    # Most specific first: several messages also name `conversations[i]` or a placeholder.
+    kinds = {
+        "from=": "unknown role",
+        "value is": "non-string value",
+        "needs": "malformed turn",
+        "gpt turn": "<image> in a gpt turn",
+        "out of human/gpt order": "turns out of human/gpt order",
+        "is empty": "empty turn",
+        "top level": "not a JSON array",
+        "placeholder": "image placeholder count",
+        "JSON": "invalid JSON",
+        "caption": "not a caption pair",
+        "conversations": "empty or missing conversations",
+    }
+    for marker, kind in kinds.items():
         if marker in detail:
-            return {
-                "placeholder": "image placeholder count",
-                "conversations": "empty or missing conversations",
-                "from=": "unknown role",
-                "value is": "non-string value",
-                "needs": "malformed turn",
-                "JSON": "invalid JSON",
-                "gpt turn": "<image> in a gpt turn",
-                "caption": "not a caption pair",
-            }[marker]
+            return kind
     return "other"
 
 
