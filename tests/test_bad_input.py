@@ -103,3 +103,17 @@ def test_a_record_that_would_train_on_nothing_is_an_error_naming_it_or_a_counted
         load_llava_dataset(path, tmp_path)
     dataset, report = load_llava_dataset(path, tmp_path, on_error="skip")
     assert len(dataset) == 1 and report.skipped == {"turns out of human/gpt order": 1, "empty turn": 1}
+
+
+def test_a_complete_last_answer_without_its_newline_counts_as_answered_and_is_kept(tmp_path):
+    from llava_hf.eval.runner import answered_ids
+    from llava_hf.utils import repair_torn_tail
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"question_id": "q1", "text": "A"}\n{"question_id": "q2", "text": "B"}')  # no final newline
+    assert answered_ids(path) == {"q1", "q2"}
+    assert not repair_torn_tail(path)  # nothing cut: the line is ended instead
+    assert path.read_text().endswith('"B"}\n') and answered_ids(path) == {"q1", "q2"}
+    path.write_text('{"question_id": "q1", "text": "A"}\n{"question_id": "q2", "te')  # a kill mid-write
+    assert answered_ids(path) == {"q1"}
+    assert repair_torn_tail(path) and path.read_text() == '{"question_id": "q1", "text": "A"}\n'

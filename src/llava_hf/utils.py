@@ -72,7 +72,7 @@ def iter_jsonl(path: str | Path, *, skip_torn_tail: bool = False) -> Iterator[tu
     path = Path(path)
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
-            if skip_torn_tail and not line.endswith(b"\n"):
+            if skip_torn_tail and not line.endswith(b"\n") and not _is_json(line):
                 logger.warning("%s line %d: incomplete last line (a killed run); ignored.", path, number)
                 return
             if not line.strip():
@@ -91,6 +91,14 @@ def iter_jsonl(path: str | Path, *, skip_torn_tail: bool = False) -> Iterator[tu
             yield number, row
 
 
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def read_jsonl(path: str | Path) -> list[Any]:
     """Every row of a JSONL file (blank lines skipped; a bad line raises naming the file and the line)."""
     return [row for _, row in iter_jsonl(path)]
@@ -98,7 +106,8 @@ def read_jsonl(path: str | Path) -> list[Any]:
 
 def repair_torn_tail(path: str | Path) -> bool:
     """Cut an incomplete last line (no trailing newline: a kill mid-write) so that the next append starts on a fresh
-    line; returns whether one was cut. A missing or empty file is left as it is."""
+    line; returns whether one was cut. A last line that is complete JSON without its newline (written by hand or by
+    another tool) is kept and ended with a newline. A missing or empty file is left as it is."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return False
@@ -116,11 +125,20 @@ def repair_torn_tail(path: str | Path) -> bool:
             chunk = handle.read(position - start)
             newline = chunk.rfind(b"\n")
             if newline != -1:
-                handle.truncate(start + newline + 1)
-                return True
+                return _end_or_cut(handle, start + newline + 1, size)
             position = start
-        handle.truncate(0)
-        return True
+        return _end_or_cut(handle, 0, size)
+
+
+def _end_or_cut(handle: Any, line_start: int, size: int) -> bool:
+    """The last line runs from `line_start` to `size` without a newline: end it if it is complete JSON, else cut it."""
+    handle.seek(line_start)
+    if _is_json(handle.read(size - line_start)):
+        handle.seek(size)
+        handle.write(b"\n")
+        return False
+    handle.truncate(line_start)
+    return True
 
 
 # -- Hub repo ids ----------------------------------------------------------------------------------------------------
