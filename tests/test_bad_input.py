@@ -117,3 +117,19 @@ def test_a_complete_last_answer_without_its_newline_counts_as_answered_and_is_ke
     path.write_text('{"question_id": "q1", "text": "A"}\n{"question_id": "q2", "te')  # a kill mid-write
     assert answered_ids(path) == {"q1"}
     assert repair_torn_tail(path) and path.read_text() == '{"question_id": "q1", "text": "A"}\n'
+
+
+def test_data_convert_never_replaces_a_dataset_unasked_and_swaps_it_whole(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    path = tmp_path / "data.json"
+    record = {"id": "1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    path.write_text(json.dumps([record]))
+    out = tmp_path / "out"
+    assert main(["data", "convert", str(path), str(out)]) == 0
+    assert main(["data", "convert", str(path), str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err and len(load_from_disk(str(out))) == 1
+    path.write_text(json.dumps([record, {**record, "id": "2"}]))
+    assert main(["data", "convert", str(path), str(out), "--overwrite"]) == 0
+    assert len(load_from_disk(str(out))) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "out"]  # no staging folder left behind

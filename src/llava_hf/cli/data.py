@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="chat: conversations (stage 2); plain: image-caption pairs (stage 1)",
     )
     convert.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty output folder (swapped in at the end)"
+    )
     convert.set_defaults(func=run_convert)
 
     shapes = add_command(
@@ -114,12 +117,33 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    from pathlib import Path
+
     from ..data import load_llava_dataset
 
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ValueError(
+            f"{output} exists and is not an empty folder; pass --overwrite to replace it, or choose another output."
+        )
     dataset, report = load_llava_dataset(
         args.files, args.image_root, stage=args.stage, on_error="skip" if args.skip_bad else "raise"
     )
-    dataset.save_to_disk(args.output)
+    # Written beside the output and swapped in at the end: a kill mid-save leaves the previous dataset whole.
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    dataset.save_to_disk(str(staging))
+    if output.exists():
+        retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+        output.rename(retired)
+        staging.rename(output)
+        if retired.is_dir():
+            shutil.rmtree(retired)
+        else:
+            retired.unlink()
+    else:
+        staging.rename(output)
     print(f"{report.summary()}; saved to {args.output}")
     return 0
 
