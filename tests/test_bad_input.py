@@ -133,3 +133,25 @@ def test_data_convert_never_replaces_a_dataset_unasked_and_swaps_it_whole(tmp_pa
     assert main(["data", "convert", str(path), str(out), "--overwrite"]) == 0
     assert len(load_from_disk(str(out))) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "out"]  # no staging folder left behind
+
+
+def test_every_error_is_one_line_naming_the_file_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "a_folder.json"
+    folder.mkdir()
+    assert main(["data", "check", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(folder) in err and "llava-hf data: error:" in err
+    with pytest.raises(IsADirectoryError):
+        main(["--debug", "data", "check", str(folder)])
+    monkeypatch.setenv("LLAVA_HF_DEBUG", "1")
+    with pytest.raises(IsADirectoryError):
+        main(["data", "check", str(folder)])
+
+
+def test_a_json_syntax_error_is_named_as_such(tmp_path, capsys):
+    path = tmp_path / "data.json"
+    path.write_text('[{"id": "1", "conversations": [}')
+    assert main(["data", "convert", str(path), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: not valid JSON after record 0" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

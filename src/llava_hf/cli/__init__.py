@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llava-hf", description="llava-hf: a Hugging Face-native LLaVA", formatter_class=HelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also: LLAVA_HF_DEBUG=1)"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.add_parser(subparsers)
@@ -63,9 +66,41 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"llava-hf {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"llava-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one error boundary for every command: a message, not a traceback
+        if args.debug or os.environ.get("LLAVA_HF_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"llava-hf {args.command}: error: {describe_error(error)}", file=sys.stderr)
         return 1
 
 
-__all__ = ["build_parser", "main"]
+def describe_error(error: BaseException) -> str:
+    """One line for an error: the project's own errors already name the file, record and fix; for the rest, the
+    file involved (where the exception knows it), the kind of problem, and what to try."""
+    if isinstance(error, (ValueError, ImportError)) and not isinstance(error, UnicodeDecodeError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        fixes = {
+            FileNotFoundError: "check the path",
+            PermissionError: "check the file's permissions",
+            IsADirectoryError: "give a file, not a folder",
+            NotADirectoryError: "a folder in the path is a file",
+            FileExistsError: "remove it or choose another path",
+        }
+        fix = next((text for kind, text in fixes.items() if isinstance(error, kind)), None)
+        if fix is None and error.errno == 28:
+            fix = "the disk is full: free space or write elsewhere"
+        reason = error.strerror or str(error)
+        return f"{where}{reason}" + (f" ({fix})" if fix else "")
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text ({error.reason} at byte {error.start}); save the file as UTF-8"
+    if isinstance(error, KeyError):
+        return f"missing field {error} (run with --debug for where it was read)"
+    name = type(error).__name__
+    return f"{name}: {error} (run with --debug for the traceback)"
+
+
+__all__ = ["build_parser", "describe_error", "main"]

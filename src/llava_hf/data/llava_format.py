@@ -87,7 +87,16 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
             )
         handle.seek(0)
         # use_float keeps numbers as float instead of Decimal, as json.load would.
-        yield from enumerate(ijson.items(handle, "item", use_float=True), start=1)
+        number = 0
+        try:
+            for number, record in enumerate(ijson.items(handle, "item", use_float=True), start=1):
+                yield number, record
+        except ijson.JSONError as error:
+            detail = " ".join(str(error).split())  # ijson's message spans lines (it points at the spot)
+            raise RecordError(
+                f"{path}: not valid JSON after record {number} ({detail}); fix the file, or write one record per "
+                "line as .jsonl so that one bad line names its line number."
+            ) from error
 
 
 def record_location(source: str, number: int, record: dict) -> str:
