@@ -155,3 +155,12 @@ def test_a_json_syntax_error_is_named_as_such(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{path}: not valid JSON after record 0" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "value, message", [("0", "below the minimum 1"), ("-1", "below the minimum 1"), ("x", "not an integer")]
+)
+def test_bad_numbers_stop_at_the_parser(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "shapes", "--model", str(tmp_path), "--world", str(tmp_path), "--batch-size", value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

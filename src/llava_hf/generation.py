@@ -15,17 +15,17 @@ class GenerationSettings:
     The field metadata's `help` is what `llava-hf`'s options of the same names say.
     """
 
-    max_new_tokens: int = field(default=128, metadata={"help": "tokens generated at most per answer"})
+    max_new_tokens: int = field(default=128, metadata={"min": 1, "help": "tokens generated at most per answer"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=0.2, metadata={"help": "sampling temperature (with --do-sample)"})
     top_p: float | None = field(
         default=None, metadata={"help": "nucleus sampling: the top-p probability mass kept (with --do-sample)"}
     )
-    num_beams: int = field(default=1, metadata={"help": "beam search width (1: no beam search)"})
+    num_beams: int = field(default=1, metadata={"min": 1, "help": "beam search width (1: no beam search)"})
     seed: int = field(
         default=0, metadata={"help": "seed of sampled answers (each batch: seed + the index of its first question)"}
     )
-    batch_size: int = field(default=8, metadata={"help": "questions per generate call"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "questions per generate call"})
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for `model.generate`: temperature and top-p only when sampling."""

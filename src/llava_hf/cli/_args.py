@@ -50,6 +50,25 @@ def comma_list(value: str) -> tuple[str, ...]:
     return tuple(item for item in value.split(",") if item.strip())
 
 
+def at_least(kind: type, minimum: float) -> Any:
+    """An argparse `type` that parses `kind` and refuses values below `minimum` at the parser, with a message that
+    names the bound (so a bad number never reaches the library)."""
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from error
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return number
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own errors
+    return parse
+
+
 def _option_type(annotation: Any) -> Any:
     """The type of a field annotation without `None` (`int | None` -> `int`)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -87,7 +106,8 @@ def add_dataclass_arguments(
     Each option is `--<prefix><field>` with `-` for `_` (or `rename[field]`, a whole flag such as `"--price-input"`),
     its destination `<prefix><field>` (what `dataclass_from_args` reads), its default the field's (or `defaults`: a
     mapping of field -> value, or an instance of `cls` to take every default from) and its help the field's
-    `metadata["help"]` (or `help_text[field]`); `metadata["choices"]` becomes the option's choices.
+    `metadata["help"]` (or `help_text[field]`); `metadata["choices"]` becomes the option's choices and
+    `metadata["min"]` its lowest value, checked by the parser.
 
     Types: `int`, `float`, `str` (and those `| None`); `bool` is a switch: `--<field>` when it defaults to False,
     `--no-<field>` (storing False) when it defaults to True; `tuple[str, ...]` is given comma-separated. A field
@@ -125,6 +145,8 @@ def add_dataclass_arguments(
                 # A string default goes through `type` too, and `--help` shows it as it is typed.
                 kwargs["type"] = comma_list
                 default = ",".join(default) if default is not dataclasses.MISSING else default
+            elif option_type in (int, float) and "min" in field.metadata:
+                kwargs["type"] = at_least(option_type, field.metadata["min"])
             elif option_type in (int, float, str):
                 kwargs["type"] = option_type
             else:
