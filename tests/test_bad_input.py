@@ -164,3 +164,13 @@ def test_bad_numbers_stop_at_the_parser(tmp_path, capsys, value, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "shapes", "--model", str(tmp_path), "--world", str(tmp_path), "--batch-size", value])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_summarize_with_nothing_to_score_exits_non_zero(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    unreadable = tmp_path / "unreadable.jsonl"
+    unreadable.write_text(json.dumps({"question_id": 0, "category": "conv", "tuple": [-1, -1]}) + "\n")
+    assert main(["eval", "summarize", str(empty)]) == 1
+    assert main(["eval", "summarize", str(unreadable)]) == 1
+    assert "no review with readable scores" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 results.json and print the scores."""
 
 import argparse
+import sys
 from typing import Any
 
 from ._args import add_command, add_dataclass_arguments, add_device_arguments, dataclass_from_args
@@ -180,6 +181,9 @@ def run_llava_bench(args: argparse.Namespace) -> int:
         make_results("llava-bench", args.model or "answers-file", data, judged, metrics), out / "results.json"
     )
     print(render_summary(metrics) + f"\nunreadable judge replies: {report.unparseable} -> {path}")
+    if "all" not in metrics:
+        print(f"llava-hf eval: error: {reviews}: no judge reply had readable scores.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -202,9 +206,14 @@ def run_summarize(args: argparse.Namespace) -> int:
     from ..eval.llava_bench import summarize
     from ..utils import read_jsonl
 
+    code = 0
     for path in args.reviews:
-        print(f"{path}\n{render_summary(summarize(read_jsonl(path)))}")
-    return 0
+        summary = summarize(read_jsonl(path))
+        print(f"{path}\n{render_summary(summary)}")
+        if "all" not in summary:  # an empty file, or no review with readable scores: no score to report
+            print(f"llava-hf eval: error: {path}: no review with readable scores.", file=sys.stderr)
+            code = 1
+    return code
 
 
 def run_shapes(args: argparse.Namespace) -> int:
