@@ -432,10 +432,12 @@ class LlavaModel(LlavaPreTrainedModel):
         elif input_ids is not None and (cache is None or (not is_tracing(input_ids) and cache.get_seq_length() == 0)):
             self.check_image_token_count(input_ids == self.config.image_token_id, None)
 
-        if use_cache is None and self.training:
+        packed = attention_mask is None and position_ids is not None and cache is None
+        if use_cache is None and (self.training or packed):
             # A training forward has no use for a cache, and with one transformers does not mask a padding-free
             # batch to each sample (it infers the packing from `position_ids` only without a cache). TRL passes
-            # use_cache=False itself; this covers a plain `model(**packed_batch)`.
+            # use_cache=False itself; this covers a plain `model(**packed_batch)`, in eval mode too. generate()
+            # passes its own cache, so decoding keeps one.
             use_cache = False
         outputs = self.language_model(
             attention_mask=attention_mask,
