@@ -222,7 +222,7 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
         vision_model=None,
         language_model=None,
         train_files=[str(workspace / "world" / "mcq_train.json")],
-        use_lora=True,
+        use_peft=True,
         lora_r=4,
         lora_alpha=8,
         grounding_samples=0,
@@ -245,7 +245,7 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
         vision_model=None,
         language_model=None,
         train_files=[str(workspace / "world" / "mcq_train.json")],
-        use_lora=True,
+        use_lora=True,  # the deprecated alias of use_peft, still accepted
         lora_r=4,
         lora_alpha=8,
         learning_rate=1e-2,
@@ -294,8 +294,9 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
 def test_bad_recipes_fail_before_training(tmp_path, model_overrides, message):
     train = tmp_path / "t.json"
     train.write_text("[]")
-    model_args = LlavaModelArguments(**({"vision_model": "v", "language_model": "l"} | model_overrides))
+    # Values wrong in themselves fail as the dataclass is built (`__post_init__`), the rest in validate_recipe.
     with pytest.raises(RecipeError, match=message):
+        model_args = LlavaModelArguments(**({"vision_model": "v", "language_model": "l"} | model_overrides))
         validate_recipe(model_args, LlavaDataArguments(train_files=[str(train)]))
 
 
@@ -500,7 +501,7 @@ def test_two_processes_save_the_trained_weights_once(workspace, stage1, setup, l
         learning_rate=1e-2,
     )
     if lora:
-        overrides |= dict(use_lora=True, lora_r=4, lora_alpha=8, projector_lr=1e-2)
+        overrides |= dict(use_peft=True, lora_r=4, lora_alpha=8, projector_lr=1e-2)
     env["LLAVA_HF_PROBE_DIR"] = str(probe)
     _launch(_recipe(workspace, name, **overrides), num_processes=2, script=PROBE, env=env)
     output = workspace / name
@@ -783,4 +784,8 @@ def test_the_trainer_compacts_the_fused_head_on_cpus_only_while_computing_the_lo
     with pytest.raises(RuntimeError, match="boom"):
         trainer_class.compute_loss(object.__new__(trainer_class), None, {})
     assert seen == {"cpu": True, "meta": False, "dense": True}  # other devices keep TRL's choice and kernel
+    from llava_hf.training import _compact_fused_lm_head
+
+    with _compact_fused_lm_head(), _compact_fused_lm_head():  # nested: the fallback stays TRL's kernel
+        assert _DenseLogProb.fallback is kernel and trl_utils._ChunkedLogProbFunction is _DenseLogProb
     assert trl_utils._use_triton is original and trl_utils._ChunkedLogProbFunction is kernel  # restored after errors

@@ -1,4 +1,5 @@
-"""What `recipes/sft.py` needs beyond TRL: recipe arguments, the stage logic, and a trainer that refuses NaN.
+"""What `llava_hf.train` (`llava-hf train`, `recipes/sft.py`) needs beyond TRL: recipe arguments, the stage logic,
+and a trainer that refuses NaN.
 
 Stages (LLaVA, Liu et al. 2023, section 4.2):
 
@@ -19,6 +20,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,9 +39,19 @@ OFFLINE_DEFAULT = "offline-default"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+class RecipeError(ValueError):
+    """A recipe that cannot run; raised before any training step."""
+
+
 @dataclass
 class LlavaModelArguments:
-    """Which model to train and what trains (TrlParser fills this from the recipe YAML and the command line)."""
+    """Which model to train and what trains (TrlParser fills this from the recipe YAML and the command line).
+
+    The fields TRL's `ModelConfig` also has keep its names (`model_name_or_path`, `dtype`, `attn_implementation`,
+    `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`); the defaults are llava-hf's
+    (LLaVA-1.5's LoRA). `use_lora` is a deprecated alias of `use_peft`. Values that cannot be right whatever the rest
+    of the recipe raise `RecipeError` on construction (`check`); `validate_recipe` checks the recipe as a whole.
+    """
 
     stage: str = field(default="1", metadata={"help": "1 (feature alignment) or 2 (instruction tuning)."})
     model_name_or_path: str | None = field(
@@ -98,7 +110,7 @@ class LlavaModelArguments:
             "(DeepSpeed only)."
         },
     )
-    use_lora: bool = field(default=False, metadata={"help": "Stage 2: LoRA on the LM's linear layers."})
+    use_peft: bool = field(default=False, metadata={"help": "Stage 2: LoRA on the LM's linear layers."})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5: 128)."})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (LLaVA-1.5: 256)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (LLaVA-1.5: 0.05)."})
@@ -110,6 +122,70 @@ class LlavaModelArguments:
     )
     merge_lora: bool = field(default=True, metadata={"help": "Also write the merged full checkpoint after LoRA."})
     seed_projector: int = field(default=0, metadata={"help": "Seed of the fresh projector's initialisation."})
+    use_lora: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of use_peft (set use_peft instead); unset: use_peft decides."},
+    )
+
+    def __post_init__(self):
+        if self.use_lora is not None:  # the deprecated alias: its value moves to use_peft
+            if self.use_peft and not self.use_lora:
+                raise RecipeError(
+                    "use_peft: true and use_lora: false disagree; use_lora is an alias: set use_peft only."
+                )
+            warnings.warn("use_lora is deprecated: use use_peft (TRL's name).", FutureWarning, stacklevel=3)
+            self.use_peft, self.use_lora = self.use_lora, None
+        self.check()
+
+    def check(self) -> None:
+        """Raise `RecipeError` on values that are wrong whatever the rest of the recipe: an unknown stage, dtype or
+        backend, an option of the other stage. Whether the recipe is complete (the models or checkpoint to start from
+        are set and exist) is `validate_recipe`'s."""
+        if self.stage not in STAGES:
+            raise RecipeError(f"stage must be one of {list(STAGES)}, got {self.stage!r}.")
+        if self.dtype not in DTYPES:
+            raise RecipeError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
+        if self.image_processor_backend is not None:
+            from .processing_llava import IMAGE_PROCESSOR_BACKENDS
+
+            if self.image_processor_backend not in IMAGE_PROCESSOR_BACKENDS:
+                raise RecipeError(
+                    f"image_processor_backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)} (or unset), got "
+                    f"{self.image_processor_backend!r}."
+                )
+            if self.stage != "1" or self.vision_model == OFFLINE_DEFAULT:
+                raise RecipeError(
+                    "image_processor_backend applies to stage 1 with a vision_model path or Hub id; stage 2 keeps the "
+                    "stage-1 checkpoint's image processor (and the backend it recorded), and the offline default "
+                    "builds its own."
+                )
+        if self.vision_feature_pool_size is not None and self.stage != "1":
+            raise RecipeError(
+                "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
+                "checkpoint's (its config.json)."
+            )
+        if self.projector_input_norm is not None:
+            if self.stage != "1":
+                raise RecipeError(
+                    "projector_input_norm applies to stage 1, which builds the projector and measures its statistics; "
+                    "stage 2 keeps the stage-1 checkpoint's (its config.json and the projector's feature_mean / "
+                    "feature_std)."
+                )
+            if self.projector_norm_images < 2:
+                raise RecipeError(f"projector_norm_images must be at least 2, got {self.projector_norm_images}.")
+        if self.stage == "1":
+            if self.model_name_or_path:
+                raise RecipeError(
+                    "stage 1 builds a new model: set vision_model and language_model, not model_name_or_path."
+                )
+            if self.use_peft:
+                raise RecipeError("stage 1 trains only the projector; use_peft (LoRA) applies to stage 2.")
+        for target in self.lora_target_modules or []:
+            if "vision" in target or "multi_modal_projector" in target:
+                raise RecipeError(
+                    f"lora_target_modules entry {target!r} reaches the vision tower or the projector; LoRA targets "
+                    "the LM's linear layers only (the projector trains fully, the vision tower stays frozen)."
+                )
 
 
 @dataclass
@@ -144,55 +220,39 @@ class LlavaDataArguments:
         default=None, metadata={"help": "Measure every N optimizer steps, at a training log (default: logging_steps)."}
     )
 
+    def __post_init__(self):
+        self.check()
 
-class RecipeError(ValueError):
-    """A recipe that cannot run; raised before any training step."""
+    def check(self) -> None:
+        """Raise `RecipeError` on values that are wrong whatever the rest of the recipe (the files are
+        `validate_recipe`'s)."""
+        if self.truncation not in ("text", "skip"):
+            raise RecipeError(f"truncation must be 'text' or 'skip', got {self.truncation!r}.")
+        if self.grounding_samples < 0:
+            raise RecipeError(f"grounding_samples must be >= 0 (0: no grounding meter), got {self.grounding_samples}.")
+        if self.grounding_steps is not None and self.grounding_steps < 1:
+            raise RecipeError(f"grounding_steps must be >= 1 (or unset: logging_steps), got {self.grounding_steps}.")
 
 
 def validate_recipe(
     model_args: LlavaModelArguments, data_args: LlavaDataArguments, training_args: Any | None = None
 ) -> None:
     """Fail fast, before loading anything heavy, on recipes that cannot be right (`training_args`: the SFTConfig,
-    for the checks that depend on how the run is launched)."""
-    if model_args.stage not in STAGES:
-        raise RecipeError(f"stage must be one of {list(STAGES)}, got {model_args.stage!r}.")
-    if model_args.dtype not in DTYPES:
-        raise RecipeError(f"dtype must be one of {list(DTYPES)}, got {model_args.dtype!r}.")
-    if model_args.image_processor_backend is not None:
-        from .processing_llava import IMAGE_PROCESSOR_BACKENDS
-
-        if model_args.image_processor_backend not in IMAGE_PROCESSOR_BACKENDS:
-            raise RecipeError(
-                f"image_processor_backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)} (or unset), got "
-                f"{model_args.image_processor_backend!r}."
-            )
-        if model_args.stage != "1" or model_args.vision_model == OFFLINE_DEFAULT:
-            raise RecipeError(
-                "image_processor_backend applies to stage 1 with a vision_model path or Hub id; stage 2 keeps the "
-                "stage-1 checkpoint's image processor (and the backend it recorded), and the offline default builds "
-                "its own."
-            )
-    if model_args.vision_feature_pool_size is not None and model_args.stage != "1":
+    for the checks that depend on how the run is launched). The dataclasses check their own values on construction
+    (`check`, again here for fields changed since); this adds completeness, the files, and the checks across them."""
+    model_args.check()
+    data_args.check()
+    if (
+        model_args.projector_input_norm is not None
+        and training_args is not None
+        and uses_deepspeed(training_args)
+        and training_args.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
+    ):
         raise RecipeError(
-            "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
-            "checkpoint's (its config.json)."
+            "projector_input_norm measures the tower's features before training, which needs the whole tower in "
+            "memory; under ZeRO-3 its weights are partitioned. Use ZeRO-2 (recipes/accelerate/zero2.yaml) or DDP for "
+            "stage 1."
         )
-    if model_args.projector_input_norm is not None:
-        if model_args.stage != "1":
-            raise RecipeError(
-                "projector_input_norm applies to stage 1, which builds the projector and measures its statistics; stage "
-                "2 keeps the stage-1 checkpoint's (its config.json and the projector's feature_mean / feature_std)."
-            )
-        if model_args.projector_norm_images < 2:
-            raise RecipeError(f"projector_norm_images must be at least 2, got {model_args.projector_norm_images}.")
-        if training_args is not None and uses_deepspeed(training_args):
-            zero = training_args.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-            if zero.get("stage") == 3:
-                raise RecipeError(
-                    "projector_input_norm measures the tower's features before training, which needs the whole tower "
-                    "in memory; under ZeRO-3 its weights are partitioned. Use ZeRO-2 (recipes/accelerate/zero2.yaml) "
-                    "or DDP for stage 1."
-                )
     if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
         raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
     if training_args is not None and uses_deepspeed(training_args):
@@ -204,39 +264,19 @@ def validate_recipe(
                 "accelerate config (recipes/accelerate/zero3.yaml does), or the key in the DeepSpeed JSON."
             )
     if model_args.stage == "1":
-        if model_args.model_name_or_path:
-            raise RecipeError(
-                "stage 1 builds a new model: set vision_model and language_model, not model_name_or_path."
-            )
         if model_args.vision_model != OFFLINE_DEFAULT and not (model_args.vision_model and model_args.language_model):
             raise RecipeError("stage 1 needs vision_model and language_model (or vision_model: offline-default).")
-        if model_args.use_lora:
-            raise RecipeError("stage 1 trains only the projector; use_lora applies to stage 2.")
     else:
         path = model_args.model_name_or_path
         if not path:
             raise RecipeError("stage 2 starts from the stage-1 checkpoint: set model_name_or_path.")
         if not Path(path).exists() and not _looks_like_hub_id(path):
             raise RecipeError(f"stage 2: the stage-1 checkpoint {path!r} does not exist; run stage 1 first.")
-        for target in model_args.lora_target_modules or []:
-            if "vision" in target or "multi_modal_projector" in target:
-                raise RecipeError(
-                    f"lora_target_modules entry {target!r} reaches the vision tower or the projector; LoRA targets "
-                    "the LM's linear layers only (the projector trains fully, the vision tower stays frozen)."
-                )
     if not data_args.train_files:
         raise RecipeError("set train_files: the LLaVA JSON/JSONL file(s) to train on.")
     for path in data_args.train_files:
         if not Path(path).is_file():
             raise RecipeError(f"train file {path!r} not found.")
-    if data_args.truncation not in ("text", "skip"):
-        raise RecipeError(f"truncation must be 'text' or 'skip', got {data_args.truncation!r}.")
-    if data_args.grounding_samples < 0:
-        raise RecipeError(
-            f"grounding_samples must be >= 0 (0: no grounding meter), got {data_args.grounding_samples}."
-        )
-    if data_args.grounding_steps is not None and data_args.grounding_steps < 1:
-        raise RecipeError(f"grounding_steps must be >= 1 (or unset: logging_steps), got {data_args.grounding_steps}.")
     for path in data_args.grounding_files:
         if not Path(path).is_file():
             raise RecipeError(f"grounding file {path!r} not found.")
@@ -364,7 +404,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
         )
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     set_trainable(model, model_args.stage)
-    if model_args.stage == "2" and model_args.use_lora:
+    if model_args.stage == "2" and model_args.use_peft:
         model = apply_lora(model, model_args)
     if training_args is not None:
         check_trainable_dtypes(model, training_args)
@@ -542,7 +582,8 @@ class _DenseLogProb:
 
     On a CPU, TRL's kernel folds each `[tokens, 32,768]` tile with a dozen elementwise torch ops forward and again
     backward; the dense form is 3-4.5x faster for the head of a 49,152-word vocabulary at 80-400 labelled tokens
-    (bench/RESULTS.md). Only `log_probs` carries a gradient; the other outputs are metrics. Other devices keep TRL's
+    (bench/RESULTS.md). Only `log_probs` carries a gradient; the other outputs (entropy included, which TRL's kernel
+    can differentiate) are metrics here, as in SFT, the one loss this is swapped in for. Other devices keep TRL's
     kernel (`fallback`).
     """
 
@@ -594,7 +635,7 @@ def _compact_fused_lm_head():
 
     original = getattr(trl_utils, "_use_triton", None)
     kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)
-    if original is None or kernel is None:
+    if original is None or kernel is None or kernel is _DenseLogProb:  # absent, or already swapped (a nested call)
         yield
         return
     _DenseLogProb.fallback = kernel
@@ -748,7 +789,8 @@ def save_stage_output(
 
         record = {
             "stage": model_args.stage,
-            "model_args": asdict(model_args),
+            # `use_lora` keeps use_peft's value under its old name too: records and model cards read it.
+            "model_args": asdict(model_args) | {"use_lora": model_args.use_peft},
             "data_args": asdict(data_args),
             "training_args": {k: _jsonable(v) for k, v in trainer.args.to_dict().items()},
             # The Trainer logs `train_runtime` once, at the end of `train()`; its state keeps no copy.
