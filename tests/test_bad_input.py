@@ -86,7 +86,7 @@ def test_a_json_object_at_the_top_level_is_an_error_not_zero_rows(tmp_path, caps
     args += [str(tmp_path / "out"), "--image-root", str(tmp_path), "--skip-bad"] if command == "convert" else []
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert str(path) in err and "not a JSON array" in err and ".jsonl" in err
+    assert str(path) in err and "JSON object, not an array" in err and ".jsonl" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -174,3 +174,19 @@ def test_summarize_with_nothing_to_score_exits_non_zero(tmp_path, capsys):
     assert main(["eval", "summarize", str(empty)]) == 1
     assert main(["eval", "summarize", str(unreadable)]) == 1
     assert "no review with readable scores" in capsys.readouterr().err
+
+
+def test_a_leading_gpt_turn_is_dropped_as_the_original_does():
+    from llava_hf.data.llava_format import llava_record_to_row
+
+    record = {
+        "id": "sharegpt",
+        "conversations": [
+            {"from": "gpt", "value": "Hello!"},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "How can I help?"},
+        ],
+    }
+    row = llava_record_to_row(record)
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert len(record["conversations"]) == 3  # the record itself is left whole

@@ -209,10 +209,11 @@ def run_summarize(args: argparse.Namespace) -> int:
     code = 0
     for path in args.reviews:
         summary = summarize(read_jsonl(path))
-        print(f"{path}\n{render_summary(summary)}")
         if "all" not in summary:  # an empty file, or no review with readable scores: no score to report
             print(f"llava-hf eval: error: {path}: no review with readable scores.", file=sys.stderr)
             code = 1
+            continue
+        print(f"{path}\n{render_summary(summary)}")
     return code
 
 

@@ -79,10 +79,10 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
 
     with path.open("rb") as handle:
         first = handle.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-        if first and first != b"[":
+        if first == b"{":
             # ijson would find no `item` in an object and yield nothing: "0 rows", not an error.
             raise RecordError(
-                f"{path}: the top level is not a JSON array (starts with {first.decode(errors='replace')!r}); a LLaVA "
+                f"{path}: the top level is a JSON object, not an array; a LLaVA "
                 ".json file is a list of records: wrap them in [...] or write one record per line as .jsonl."
             )
         handle.seek(0)
@@ -152,18 +152,23 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
             raise RecordError(f"{where}: conversations[{index}] is a gpt turn with an <image> placeholder.")
         placeholders += value.count(IMAGE_PLACEHOLDER)
         messages.append({"role": role, "content": split_at_images(value)})
-    # Human and gpt turns alternate, human first, as the original preprocessing asserts; an empty gpt turn or none
-    # at all would leave every label at -100: a sample that trains on nothing, which the collator could not count.
+    # A conversation that opens with a gpt turn (ShareGPT-style data) loses that turn, as the original preprocessing
+    # drops it (`source = source[1:]`); it is logged. The rest must alternate human / gpt, as the original asserts.
+    first = next((i for i, message in enumerate(messages) if message["role"] != "system"), None)
+    if first is not None and messages[first]["role"] == "assistant" and len(messages) > first + 1:
+        logger.info("%s: the leading gpt turn is dropped (the conversation must open with a human turn).", where)
+        conversations = conversations[:first] + conversations[first + 1 :]  # the caller's record stays whole
+        del messages[first]
     roles = [message["role"] for message in messages if message["role"] != "system"]
     if roles != ["user", "assistant"] * (len(roles) // 2) or not roles:
         raise RecordError(
             f"{where}: turns out of human/gpt order (roles {roles}); every human turn must be followed by its gpt answer."
         )
-    for index, (message, turn) in enumerate(zip(messages, conversations)):
-        if message["role"] == "assistant" and not turn["value"].strip():
-            raise RecordError(
-                f"{where}: conversations[{index}] (gpt) is empty: nothing to train on; write the answer."
-            )
+    # Every answer empty: every label would be -100, a sample that trains on nothing (one empty answer among others
+    # is masked, as the original does).
+    answers = [turn["value"] for message, turn in zip(messages, conversations) if message["role"] == "assistant"]
+    if not any(answer.strip() for answer in answers):
+        raise RecordError(f"{where}: every answer (from: gpt) is empty: nothing to train on; write the answers.")
     if placeholders != len(image_files):
         raise RecordError(
             f"{where}: the conversations have {placeholders} <image> placeholder(s) but 'image' has "
