@@ -4,54 +4,15 @@ import pytest
 import torch
 from transformers import (
     AutoTokenizer,
-    CLIPConfig,
-    CLIPImageProcessor,
-    CLIPModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaTokenizer,
 )
 
+from fixtures.backbones import save_backbones
 from llava_hf import LlavaForConditionalGeneration, build_llava_from_pretrained
-from tester import LlavaModelTester
-
-
-def _save_backbones(tmp_path):
-    tester = LlavaModelTester()
-    config = tester.get_config()
-    torch.manual_seed(3)
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=config.vision_config.to_dict(),
-            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
-            projection_dim=32,
-        )
-    )
-    clip.save_pretrained(tmp_path / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(
-        tmp_path / "clip"
-    )
-    # An LM whose tokenizer has neither <image> nor a pad token, like Vicuna's.
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, **{c: i + 4 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=[])
-    tokenizer.save_pretrained(tmp_path / "lm")
-    lm = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(vocab),
-        )
-    )
-    lm.save_pretrained(tmp_path / "lm")
-    return clip, lm
 
 
 @pytest.mark.parametrize("projector_type", ["linear", "mlp2x_gelu"])
 def test_build_from_paths(tmp_path, projector_type):
-    clip, lm = _save_backbones(tmp_path)
+    clip, lm = save_backbones(tmp_path)
     model, processor = build_llava_from_pretrained(
         str(tmp_path / "clip"), str(tmp_path / "lm"), projector_type=projector_type, seed=0
     )
@@ -78,7 +39,7 @@ def test_build_from_paths(tmp_path, projector_type):
 
 
 def test_build_saves_a_complete_checkpoint(tmp_path):
-    _save_backbones(tmp_path)
+    save_backbones(tmp_path)
     model, processor = build_llava_from_pretrained(str(tmp_path / "clip"), str(tmp_path / "lm"), seed=0)
     model.save_pretrained(tmp_path / "llava")
     processor.save_pretrained(tmp_path / "llava")
@@ -93,7 +54,7 @@ def test_image_processor_backend_is_chosen_and_kept(tmp_path):
     LLaVA's pixels), and the saved checkpoint reloads it."""
     from transformers import AutoProcessor
 
-    _save_backbones(tmp_path)
+    save_backbones(tmp_path)
     model, processor = build_llava_from_pretrained(
         str(tmp_path / "clip"), str(tmp_path / "lm"), image_processor_backend="pil", seed=0
     )
@@ -107,7 +68,7 @@ def test_stage_1_recipe_chooses_the_image_processor_backend(tmp_path, backend):
     """A recipe's `image_processor_backend` (the paper recipes say `pil`) reaches the stage-1 processor."""
     from llava_hf.training import LlavaModelArguments, load_model_for_stage
 
-    _save_backbones(tmp_path)
+    save_backbones(tmp_path)
     model_args = LlavaModelArguments(
         vision_model=str(tmp_path / "clip"), language_model=str(tmp_path / "lm"), image_processor_backend=backend
     )
@@ -116,6 +77,6 @@ def test_stage_1_recipe_chooses_the_image_processor_backend(tmp_path, backend):
 
 
 def test_objects_without_tokenizer_raise(tmp_path):
-    clip, lm = _save_backbones(tmp_path)
+    clip, lm = save_backbones(tmp_path)
     with pytest.raises(ValueError, match="Pass `tokenizer=`"):
         build_llava_from_pretrained(str(tmp_path / "clip"), lm)

@@ -4,92 +4,19 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from conftest import require
+from fixtures.servers import MAX_NEW_TOKENS, QUESTION, demo_env, expected_answer, free_port, start_server, stop_server
 from llava_hf.demo import ChatModel, GenerationSettings, InputError, Limits, check_text, open_image
 from tester import LlavaModelTester
 
 gradio = require("gradio")
-QUESTION = "What is it?"
-MAX_NEW_TOKENS = 24
-
-
-# -- helpers --------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    """Poll `url` until it answers 200; fail with the server's log if it exits or never answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-
-
-def start_server(command: list[str], url: str, log: Path, env: dict[str, str], cwd: Path | None = None):
-    handle = log.open("w")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    try:
-        wait_for_http(url, process, log)
-    except BaseException:
-        stop_server(process)
-        raise
-    return process
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def demo_env() -> dict[str, str]:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
-
-
-def expected_answer(checkpoint: Path, image: Path, question: str = QUESTION, max_new_tokens: int = MAX_NEW_TOKENS):
-    """The greedy answer, computed without the demo: `generate`, then `decode`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    inputs = processor.apply_chat_template(
-        messages,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        images=[Image.open(image).convert("RGB")],
-        return_tensors="pt",
-    )
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")

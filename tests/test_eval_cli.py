@@ -5,10 +5,10 @@ import json
 import pytest
 
 from external import external
+from fixtures.llava_bench import CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
 from llava_hf.cli import main
 from llava_hf.data.shapes import build_shapes_world
 from llava_hf.eval.results import sha256, to_model_index
-from test_eval_llava_bench import CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
 from tester import LlavaModelTester
 
 

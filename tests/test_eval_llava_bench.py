@@ -1,12 +1,9 @@
 """LLaVA-Bench: judge prompts, score parsing, retries over real HTTP on loopback, summaries."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from external import external
+from fixtures.llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
 from llava_hf.eval.llava_bench import (
     OpenAIJudge,
     TransformersJudge,
@@ -17,23 +14,6 @@ from llava_hf.eval.llava_bench import (
     summarize,
     symbolic_context,
 )
-
-QUESTIONS = [
-    {"question_id": 0, "image": "a.jpg", "text": "What color is the bus?", "category": "conv"},
-    {"question_id": 1, "image": "a.jpg", "text": "Describe the image.", "category": "detail"},
-    {"question_id": 2, "image": "b.jpg", "text": "Why is the man running?", "category": "complex"},
-]
-CONTEXTS = [
-    {
-        "id": "a",
-        "image": "a.jpg",
-        "captions": ["A red bus on a street."],
-        "instances": [{"category": "bus", "bbox": [0.1, 0.2, 0.9, 0.8]}],
-    },
-    {"image": "b.jpg", "caption": "A man runs after a leaving train."},
-]
-REFERENCES = [{"question_id": i, "text": f"reference {i}", "answer_id": f"r{i}"} for i in range(3)]
-CANDIDATES = [{"question_id": i, "text": f"candidate {i}", "answer_id": f"c{i}"} for i in range(3)]
 
 
 def test_judge_sees_context_question_reference_then_candidate():
@@ -50,65 +30,6 @@ def test_judge_sees_context_question_reference_then_candidate():
 )
 def test_parse_scores(reply, expected):
     assert parse_scores(reply) == expected
-
-
-class ScriptedServer:
-    """An OpenAI-compatible /v1/chat/completions on loopback that plays a script of responses."""
-
-    def __init__(self, script):
-        self.script, self.requests = list(script), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                kind, payload = outer.script.pop(0) if outer.script else ("ok", "5 5\nfine")
-                if kind == "status":
-                    self.send_response(payload)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("retry-after-ms", "5")
-                    self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "busy"}}')
-                    return
-                data = (
-                    b"{not json"
-                    if kind == "garbage"
-                    else json.dumps(
-                        {
-                            "id": "x",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": body["model"],
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": payload},
-                                }
-                            ],
-                        }
-                    ).encode()
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_http_judge_retries_and_reports(tmp_path, monkeypatch):

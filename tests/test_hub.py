@@ -22,9 +22,9 @@ import torch
 import yaml
 from PIL import Image
 
+from fixtures.recipes import launch_command, write_recipe
 from hub_server import HubServer
 from llava_hf.data.shapes import build_shapes_world
-from test_training import _command, _recipe
 
 TOKEN = "hf_llavaHfTestToken0123456789abcdefXYZ"
 USER = "tester"
@@ -115,10 +115,10 @@ def hub():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from test_builder import _save_backbones
+    from fixtures.backbones import save_backbones
 
     path = tmp_path_factory.mktemp("hub")
-    _save_backbones(path)
+    save_backbones(path)
     build_shapes_world(path / "world", num_images=12, seed=0, progress=False)
     return path
 
@@ -132,8 +132,8 @@ def outputs() -> list[str]:
 @pytest.fixture(scope="module")
 def trained(hub, workspace, outputs):
     """A 2-step stage-1 run of recipes/sft.py that pushes its checkpoint at the end (`push_to_hub: true`)."""
-    recipe = _recipe(workspace, "stage1", push_to_hub=True, hub_model_id=f"{USER}/tiny-llava-sft")
-    run(_command(recipe), hub_env(hub, workspace / "hf-home-train"), outputs)
+    recipe = write_recipe(workspace, "stage1", push_to_hub=True, hub_model_id=f"{USER}/tiny-llava-sft")
+    run(launch_command(recipe), hub_env(hub, workspace / "hf-home-train"), outputs)
     return workspace / "stage1"
 
 
@@ -348,7 +348,7 @@ def test_space_folder_is_pushed_with_gradio_front_matter(hub, space):
 
 def test_space_app_serves_the_pushed_model(hub, space, trained, workspace, outputs, tmp_path):
     """The Space as the Hub would run it: its files in a folder, `python app.py`, the model from the Hub."""
-    from test_demo import expected_answer, free_port, start_server, stop_server
+    from fixtures.servers import expected_answer, free_port, start_server, stop_server
 
     checkout = tmp_path / "space-checkout"
     for name, content in hub.files("space", f"{USER}/tiny-llava-demo").items():

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -18,95 +17,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from fixtures.backbones import save_backbones
+from fixtures.recipes import PROBE, ROOT, launch, launch_command, write_recipe
 from llava_hf.data.shapes import build_shapes_world
 from llava_hf.training import LlavaDataArguments, LlavaModelArguments, RecipeError, validate_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
-SFT = ROOT / "recipes" / "sft.py"
-PROBE = ROOT / "tests" / "sft_probe.py"
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from test_builder import _save_backbones
-
     path = tmp_path_factory.mktemp("train")
-    _save_backbones(path)  # tiny CLIP (8 px) + tiny Llama, saved like pretrained checkpoints
+    save_backbones(path)  # tiny CLIP (8 px) + tiny Llama, saved like pretrained checkpoints
     build_shapes_world(path / "world", num_images=16, seed=0, progress=False)
     return path
-
-
-def _recipe(workspace: Path, name: str, **overrides) -> Path:
-    recipe = {
-        "stage": "1",
-        "vision_model": str(workspace / "clip"),
-        "language_model": str(workspace / "lm"),
-        "projector_type": "mlp2x_gelu",
-        "chat_template": "vicuna_v1",
-        "attn_implementation": "sdpa",
-        "train_files": [str(workspace / "world" / "stage1.json")],
-        "image_root": str(workspace / "world" / "images"),
-        "output_dir": str(workspace / name),
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 1.0e-3,
-        "lr_scheduler_type": "constant",
-        "weight_decay": 0.0,
-        "max_length": 512,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "dataloader_num_workers": 0,
-        "seed": 0,
-    }
-    recipe.update(overrides)
-    path = workspace / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def _command(
-    config: Path, *extra: str, num_processes: int = 1, script: Path = SFT, mixed_precision: str = "no"
-) -> list[str]:
-    """`accelerate launch ... recipes/sft.py --config CONFIG` on the CPU; several processes: DDP over gloo.
-
-    On a machine without GPUs `accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is set
-    up (its simple launcher), so N > 1 goes through torchrun, the launcher accelerate itself uses for multi-GPU runs,
-    with `ACCELERATE_USE_CPU` set (see `_launch`): accelerate then builds the same MULTI_CPU gloo state.
-    """
-    script = [str(script), "--config", str(config), *extra]
-    if num_processes > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)] + script
-    launch = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1"]
-    launch += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no", "--cpu"]
-    return launch + script
-
-
-def _launch(
-    config: Path,
-    *extra: str,
-    num_processes: int = 1,
-    check: bool = True,
-    script: Path = SFT,
-    mixed_precision: str = "no",
-    env: dict[str, str | None] | None = None,
-) -> subprocess.CompletedProcess:
-    """Run `_command`; `env` adds variables (None: removes one)."""
-    command = _command(config, *extra, num_processes=num_processes, script=script, mixed_precision=mixed_precision)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    environment |= {"ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
-    for key, value in (env or {}).items():
-        if value is None:
-            environment.pop(key, None)
-        else:
-            environment[key] = value
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=ROOT)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +41,7 @@ def _group(state: dict, part: str) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def stage1(workspace):
-    _launch(_recipe(workspace, "stage1"))
+    launch(write_recipe(workspace, "stage1"))
     return workspace / "stage1"
 
 
@@ -165,7 +87,7 @@ def test_stage1_trains_only_the_projector(workspace, stage1):
 
 
 def test_stage2_keeps_the_vision_tower_and_trains_the_lm(workspace, stage1):
-    recipe = _recipe(
+    recipe = write_recipe(
         workspace,
         "stage2",
         stage="2",
@@ -176,7 +98,7 @@ def test_stage2_keeps_the_vision_tower_and_trains_the_lm(workspace, stage1):
         learning_rate=1e-3,
         grounding_samples=0,
     )
-    _launch(recipe)
+    launch(recipe)
     record = json.loads((workspace / "stage2" / "llava_hf_training.json").read_text())
     assert record["grounding"] is None and not any("image_gain" in e for e in record["log_history"])  # meter off
     before, after = _weights(stage1), _weights(workspace / "stage2")
@@ -196,8 +118,8 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    recipe = _recipe(workspace, "stage1_std", projector_input_norm="standardize", projector_norm_images=4)
-    result = _launch(recipe)
+    recipe = write_recipe(workspace, "stage1_std", projector_input_norm="standardize", projector_norm_images=4)
+    result = launch(recipe)
     assert "projector input statistics: {'rows': 4, 'feature_tokens': 64" in result.stdout
     out = workspace / "stage1_std"
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
@@ -214,7 +136,7 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
         json.loads((out / "llava_hf_training.json").read_text())["model_args"]["projector_input_norm"] == "standardize"
     )
 
-    stage2 = _recipe(
+    stage2 = write_recipe(
         workspace,
         "stage2_std",
         stage="2",
@@ -227,7 +149,7 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
         lora_alpha=8,
         grounding_samples=0,
     )
-    _launch(stage2)
+    launch(stage2)
     before, after = _weights(out), _weights(workspace / "stage2_std")
     for key in ("model.multi_modal_projector.feature_mean", "model.multi_modal_projector.feature_std"):
         assert torch.equal(before[key], after[key]), key
@@ -237,7 +159,7 @@ def test_standardized_projector_input_is_measured_in_stage1_and_kept_in_stage2(w
 
 
 def test_lora_saves_the_adapter_and_merges(workspace, stage1):
-    recipe = _recipe(
+    recipe = write_recipe(
         workspace,
         "lora",
         stage="2",
@@ -251,7 +173,7 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
         learning_rate=1e-2,
         projector_lr=1e-3,
     )
-    _launch(recipe)
+    launch(recipe)
     adapter = workspace / "lora" / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -301,7 +223,9 @@ def test_bad_recipes_fail_before_training(tmp_path, model_overrides, message):
 
 
 def test_bad_recipe_exits_with_the_message(workspace):
-    result = _launch(_recipe(workspace, "bad", stage="2", model_name_or_path=str(workspace / "missing")), check=False)
+    result = launch(
+        write_recipe(workspace, "bad", stage="2", model_name_or_path=str(workspace / "missing")), check=False
+    )
     assert result.returncode != 0
     assert "does not exist; run stage 1 first" in result.stderr
     assert not (workspace / "bad").exists()
@@ -316,8 +240,8 @@ def test_nan_loss_stops_with_the_step(workspace, stage1):
     from safetensors.torch import save_file
 
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
-    result = _launch(
-        _recipe(
+    result = launch(
+        write_recipe(
             workspace,
             "nan",
             stage="2",
@@ -345,9 +269,9 @@ def test_resume_after_sigkill_gives_the_same_weights(workspace, stage1):
         learning_rate=1e-3,
         lr_scheduler_type="cosine",
     )
-    _launch(_recipe(workspace, "straight", **common))
-    killed = _recipe(workspace, "killed", **common)
-    command = _command(killed)
+    launch(write_recipe(workspace, "straight", **common))
+    killed = write_recipe(workspace, "killed", **common)
+    command = launch_command(killed)
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -366,7 +290,7 @@ def test_resume_after_sigkill_gives_the_same_weights(workspace, stage1):
     os.killpg(process.pid, signal.SIGKILL)  # SIGKILL: no cleanup, no final save
     process.wait()
     assert marker.exists() and not (workspace / "killed" / "model.safetensors").exists()
-    _launch(killed, "--resume_from_checkpoint", str(checkpoint))
+    launch(killed, "--resume_from_checkpoint", str(checkpoint))
     straight, resumed = _weights(workspace / "straight"), _weights(workspace / "killed")
     for key in straight:
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
@@ -384,8 +308,8 @@ def test_ddp_two_processes_match_one(workspace, stage1):
         # One seeded sample order for both runs (llava-hf's sampler), so each global batch holds the same samples.
         group_by_modality_length=True,
     )
-    _launch(_recipe(workspace, "one", per_device_train_batch_size=4, **common))
-    _launch(_recipe(workspace, "two", per_device_train_batch_size=2, **common), num_processes=2)
+    launch(write_recipe(workspace, "one", per_device_train_batch_size=4, **common))
+    launch(write_recipe(workspace, "two", per_device_train_batch_size=2, **common), num_processes=2)
     losses = []
     for name in ("one", "two"):
         log = json.loads((workspace / name / "llava_hf_training.json").read_text())["log_history"]
@@ -503,7 +427,7 @@ def test_two_processes_save_the_trained_weights_once(workspace, stage1, setup, l
     if lora:
         overrides |= dict(use_peft=True, lora_r=4, lora_alpha=8, projector_lr=1e-2)
     env["LLAVA_HF_PROBE_DIR"] = str(probe)
-    _launch(_recipe(workspace, name, **overrides), num_processes=2, script=PROBE, env=env)
+    launch(write_recipe(workspace, name, **overrides), num_processes=2, script=PROBE, env=env)
     output = workspace / name
     record = json.loads((output / "llava_hf_training.json").read_text())
     kind = {"ddp": "MULTI_CPU", "zero3": "DEEPSPEED", "fsdp2": "FSDP"}[setup]
@@ -556,7 +480,7 @@ def test_launch_configs_leave_precision_to_the_recipe():
 
 def test_launcher_mixed_precision_does_not_override_the_recipe(workspace):
     # single_gpu.yaml used to say bf16, which reached a float32 recipe as ACCELERATE_MIXED_PRECISION.
-    result = _launch(_recipe(workspace, "launcher-bf16"), mixed_precision="bf16")
+    result = launch(write_recipe(workspace, "launcher-bf16"), mixed_precision="bf16")
     assert "the recipe wins: training runs with mixed_precision 'no'" in result.stderr
     record = json.loads((workspace / "launcher-bf16" / "llava_hf_training.json").read_text())
     assert record["precision"]["mixed_precision"] == "no"
@@ -591,8 +515,8 @@ def test_bf16_recipe_trains_float32_master_weights(workspace):
     lm16 = workspace / "lm-fp16"
     shutil.copytree(workspace / "lm", lm16, dirs_exist_ok=True)
     AutoModelForCausalLM.from_pretrained(workspace / "lm", dtype=torch.float16).save_pretrained(lm16)
-    recipe = _recipe(workspace, "bf16", language_model=str(lm16), bf16=True, use_cpu=True)
-    _launch(recipe, mixed_precision="bf16")
+    recipe = write_recipe(workspace, "bf16", language_model=str(lm16), bf16=True, use_cpu=True)
+    launch(recipe, mixed_precision="bf16")
     precision = json.loads((workspace / "bf16" / "llava_hf_training.json").read_text())["precision"]
     assert precision["mixed_precision"] == "bf16"
     assert precision["trainable_parameters"] == precision["master_weights"] == ["float32"]
@@ -600,7 +524,7 @@ def test_bf16_recipe_trains_float32_master_weights(workspace):
 
 
 def test_float16_weights_without_deepspeed_fail_before_training(workspace):
-    result = _launch(_recipe(workspace, "fp16-weights", dtype="float16"), check=False)
+    result = launch(write_recipe(workspace, "fp16-weights", dtype="float16"), check=False)
     assert result.returncode != 0
     assert "dtype: float16 loads the trainable parameters in float16, and without DeepSpeed" in result.stderr
     assert "Use dtype: auto (float32 master weights)" in result.stderr
@@ -663,7 +587,7 @@ def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, sta
         expected.encode(row)
     assert 0 < expected.stats["truncated"] < 8, expected.stats
 
-    recipe = _recipe(
+    recipe = write_recipe(
         workspace,
         "workers",
         stage="2",
@@ -677,7 +601,7 @@ def test_collator_counts_from_dataloader_workers_reach_the_record(workspace, sta
         max_length=max_length,
         dataloader_num_workers=2,
     )
-    result = _launch(recipe, num_processes=2)
+    result = launch(recipe, num_processes=2)
     record = json.loads((workspace / "workers" / "llava_hf_training.json").read_text())
     assert {key: value for key, value in record["collator"].items() if value} == dict(expected.stats)
     logged = sum(row.get("collator/truncated", 0) for row in record["log_history"])
