@@ -135,10 +135,10 @@ def test_llava_hf_train_reports_bad_recipes(tmp_path, capsys):
 def test_llava_hf_train_runs_a_stage(tmp_path):
     """`llava-hf train --config ...` (the installed command, one process) trains and saves a stage, as
     `accelerate launch recipes/sft.py --config ...` does (tests/test_training.py)."""
+    from fixtures.backbones import save_backbones
     from llava_hf.data.shapes import build_shapes_world
-    from test_builder import _save_backbones
 
-    _save_backbones(tmp_path)
+    save_backbones(tmp_path)
     build_shapes_world(tmp_path / "world", num_images=8, seed=0, progress=False)
     config = _write(
         tmp_path / "stage1.yaml",
@@ -175,3 +175,22 @@ def test_llava_hf_train_runs_a_stage(tmp_path):
     assert record["stage"] == "1" and record["global_step"] == 1
     assert record["model_args"]["use_peft"] is False and record["model_args"]["use_lora"] is False
     assert (tmp_path / "stage1" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_the_recipes_pad_to_multiple_of_reaches_the_collator(tmp_path, padding_free):
+    """`pad_to_multiple_of` (SFTConfig's) pads the batches the recipe trains on, padded or padding-free."""
+    from trl import SFTConfig
+
+    from llava_hf.train import make_collator
+    from tester import LlavaModelTester
+
+    processor = LlavaModelTester().get_processor()
+    args = SFTConfig(output_dir=str(tmp_path), pad_to_multiple_of=16, max_length=1024, report_to="none", bf16=False)
+    collator = make_collator(
+        processor, LlavaModelArguments(stage="2"), LlavaDataArguments(), args, padding_free=padding_free
+    )
+    sample = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}], "images": []}
+    batch = collator([sample, sample])
+    assert batch["input_ids"].shape[-1] % 16 == 0
+    assert (batch["labels"] != -100).any()

@@ -17,20 +17,45 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trl import SFTConfig, TrlParser
 
 from .training import LlavaDataArguments, LlavaModelArguments
 
+if TYPE_CHECKING:
+    from .data import LlavaDataCollator
+
 DATACLASS_TYPES = (LlavaModelArguments, LlavaDataArguments, SFTConfig)
+
+
+def make_collator(
+    processor: Any,
+    model_args: LlavaModelArguments,
+    data_args: LlavaDataArguments,
+    training_args: SFTConfig,
+    padding_free: bool,
+) -> "LlavaDataCollator":
+    """The recipe's collator: the stage's template (`plain` in stage 1), the recipe's lengths and padding."""
+    from .chat_templates import get_chat_template
+    from .data import LlavaDataCollator
+
+    return LlavaDataCollator(
+        processor,
+        max_length=training_args.max_length,
+        truncation=data_args.truncation,
+        chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
+        stats_in_batch=True,  # counted in dataloader workers, summed by the trainer
+        padding_free=padding_free,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,  # SFTConfig's, as TRL's own collators take it
+    )
 
 
 def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, training_args: SFTConfig) -> None:
     """Train one stage: check the recipe, load or build the model, read the LLaVA data, train with LlavaSFTTrainer,
     save a complete checkpoint (and its training record) to `output_dir`, push it when `push_to_hub`. Every process
     of a multi-process launch runs it."""
-    from .chat_templates import get_chat_template
-    from .data import LlavaDataCollator, load_llava_dataset
+    from .data import load_llava_dataset
     from .data.collator import format_stats
     from .grounding import ImageGainCallback, hold_out_rows, write_training_curves
     from .training import (
@@ -67,14 +92,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     # collator cannot pack images); LlavaDataCollator packs them, so the trainer is built with it off and it is set
     # back for the training record.
     padding_free, training_args.padding_free = training_args.padding_free, False
-    collator = LlavaDataCollator(
-        processor,
-        max_length=training_args.max_length,
-        truncation=data_args.truncation,
-        chat_template=get_chat_template("plain") if model_args.stage == "1" else None,
-        stats_in_batch=True,  # counted in dataloader workers, summed by the trainer
-        padding_free=padding_free,
-    )
+    collator = make_collator(processor, model_args, data_args, training_args, padding_free=padding_free)
 
     if model_args.projector_input_norm == "standardize":  # the projector's input statistics, from training images
         measured = calibrate_projector_input(

@@ -58,18 +58,24 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def _safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
+def safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
     """Tensor shapes of a (possibly sharded) checkpoint, from the safetensors headers: no weight is read."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     index = model_dir / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
     files = [model_dir / f for f in files] or sorted(model_dir.glob("*.safetensors"))
     shapes = {}
     for file in files:
-        with safe_open(file, framework="pt") as handle:
-            # A slice reads the header only; `safe_open` has `keys()` but cannot be iterated itself.
-            shapes.update({name: handle.get_slice(name).get_shape() for name in handle.keys()})  # noqa: SIM118
+        try:
+            with safe_open(file, framework="pt") as handle:
+                # A slice reads the header only; `safe_open` has `keys()` but cannot be iterated itself.
+                shapes.update({name: handle.get_slice(name).get_shape() for name in handle.keys()})  # noqa: SIM118
+        except (SafetensorError, OSError) as error:
+            raise CardError(
+                f"{file} is not a readable safetensors file ({error}): truncated or corrupted; save the checkpoint "
+                "again (model.save_pretrained)."
+            ) from error
     return shapes
 
 
@@ -114,7 +120,7 @@ def describe_architecture(model_dir: str | Path) -> dict[str, Any]:
     )
     if text.get("_name_or_path"):
         language_text += f", from `{text['_name_or_path']}`"
-    shapes = _safetensors_shapes(model_dir)
+    shapes = safetensors_shapes(model_dir)
     first = shapes.get("model.multi_modal_projector.linear_1.weight")
     dims = f"{first[1]} -> {first[0]}" if first else f"-> {text.get('hidden_size', '?')}"
     projector_type = config.get("projector_type", "?")
@@ -233,7 +239,8 @@ def _stage_column(record: dict[str, Any]) -> dict[str, str]:
         chat_format = "`plain` (image + caption)"
     else:
         start = _display_path(model_args.get("model_name_or_path"))
-        if model_args.get("use_lora"):
+        # `use_peft` (records written before it was the name: `use_lora`).
+        if model_args.get("use_peft", model_args.get("use_lora")):
             trains = (
                 f"LoRA r {model_args.get('lora_r')}, alpha {model_args.get('lora_alpha')} on the LM's linear layers"
                 f" + projector (full){', merged' if model_args.get('merge_lora', True) else ''}"
