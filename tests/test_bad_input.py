@@ -1,6 +1,7 @@
 """Bad input gets a clear error or a counted result, never a crash or a silent success."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_shapes_world_refuses_bad_sizes_before_writing(tmp_path, capsys, flag, v
 
 
 def test_llava_bench_from_an_answers_file_creates_the_output_folder(tmp_path):
-    from test_eval_llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
+    from fixtures.llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
 
     files = {}
     for name, rows in (
@@ -190,3 +191,86 @@ def test_a_leading_gpt_turn_is_dropped_as_the_original_does():
     row = llava_record_to_row(record)
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert len(record["conversations"]) == 3  # the record itself is left whole
+
+
+def test_an_answer_id_on_two_lines_is_an_error_naming_both(tmp_path):
+    from llava_hf.eval.runner import read_answers
+    from llava_hf.eval.scienceqa import load_predictions
+
+    path = tmp_path / "answers.jsonl"
+    rows = [{"question_id": "q1", "text": "A"}, {"question_id": "q2", "text": "B"}, {"question_id": "q1", "text": "C"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for read in (read_answers, load_predictions):
+        with pytest.raises(ValueError, match=r"answers\.jsonl lines 1 and 3: question_id 'q1' appears twice"):
+            read(path)
+    path.write_text(json.dumps({"text": "A"}) + "\n")
+    with pytest.raises(ValueError, match=r"answers\.jsonl line 1: a row without 'question_id'"):
+        read_answers(path)
+
+
+def test_llava_bench_refuses_two_answers_to_one_question_before_judging(tmp_path, capsys):
+    from fixtures.llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
+
+    files = {}
+    for name, rows in (
+        ("questions", QUESTIONS),
+        ("context", CONTEXTS),
+        ("reference", REFERENCES),
+        ("answers", CANDIDATES + [CANDIDATES[0]]),
+    ):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with ScriptedServer([]) as base_url:
+        code = main(
+            ["eval", "llava-bench", "--answers", str(files["answers"]), "--questions", str(files["questions"])]
+            + ["--context", str(files["context"]), "--reference", str(files["reference"])]
+            + ["--judge-base-url", base_url, "--judge-model", "judge", "--output-dir", str(tmp_path / "out")]
+        )
+    assert code == 1
+    assert "answers.jsonl lines 1 and 4: question_id '0' appears twice" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "reviews.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    from tester import LlavaModelTester
+
+    return LlavaModelTester().save(tmp_path_factory.mktemp("push-ckpt"))
+
+
+def _copy(checkpoint, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+
+
+def test_push_dry_run_refuses_a_bad_repo_id_before_rendering(saved_checkpoint, capsys):
+    assert main(["push", str(saved_checkpoint), "bad id!!/x y", "--dry-run"]) == 1
+    assert "'bad id!!/x y' is not a Hub repo id" in capsys.readouterr().err
+
+
+def test_push_dry_run_validates_the_weights_against_the_config(saved_checkpoint, tmp_path, capsys):
+    assert main(["push", str(saved_checkpoint), "me/ok", "--dry-run"]) == 0
+    capsys.readouterr()
+
+    folder = _copy(saved_checkpoint, tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a download or copy cut short
+    assert main(["push", str(folder), "me/x", "--dry-run"]) == 1
+    assert f"{weights} is not a readable safetensors file" in capsys.readouterr().err
+
+    for field, value, message in (
+        ("vocab_size", None, "model.language_model.embed_tokens.weight: [{n}, "),  # not the file's vocabulary
+        ("projector_type", "mlp9x_relu", "config.json: "),
+    ):
+        folder = _copy(saved_checkpoint, tmp_path / field)
+        config = json.loads((folder / "config.json").read_text())
+        n = config["text_config"]["vocab_size"]
+        if field == "vocab_size":
+            config["text_config"]["vocab_size"] = n + 7
+        else:
+            config[field] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        assert main(["push", str(folder), "me/x", "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert message.format(n=n) in err, err

@@ -104,6 +104,26 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return [row for _, row in iter_jsonl(path)]
 
 
+def rows_by_id(path: str | Path, key: str = "question_id") -> dict[str, Any]:
+    """Id (as a string) -> row of a JSONL file of answers or references. A row without `key`, or an id on two lines,
+    raises a `ValueError` naming the file and the lines: which of two answers to one question counts is not
+    something to guess."""
+    path = Path(path)
+    rows: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or key not in row:
+            raise ValueError(f"{path} line {number}: a row without {key!r}; every row needs one.")
+        ident = str(row[key])
+        if ident in lines:
+            raise ValueError(
+                f"{path} lines {lines[ident]} and {number}: {key} {ident!r} appears twice; keep one line per "
+                f"{key} (a rerun of the command skips the ids already in the file)."
+            )
+        rows[ident], lines[ident] = row, number
+    return rows
+
+
 def repair_torn_tail(path: str | Path) -> bool:
     """Cut an incomplete last line (no trailing newline: a kill mid-write) so that the next append starts on a fresh
     line; returns whether one was cut. A last line that is complete JSON without its newline (written by hand or by

@@ -145,7 +145,7 @@ def run_llava_bench(args: argparse.Namespace) -> int:
     from ..eval.llava_bench import OpenAIJudge, TransformersJudge, review, summarize
     from ..eval.results import make_results, write_results
     from ..eval.runner import load_questions, run_inference
-    from ..utils import read_jsonl
+    from ..utils import read_jsonl, rows_by_id
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)  # reviews and results go there, also when the answers come from a file
@@ -170,8 +170,9 @@ def run_llava_bench(args: argparse.Namespace) -> int:
         judge,
         read_jsonl(args.questions),
         read_jsonl(args.context),
-        read_jsonl(args.reference),
-        read_jsonl(answers),
+        # One reference and one answer per question: a repeated id is an error naming the file and the lines.
+        list(rows_by_id(args.reference).values()),
+        list(rows_by_id(answers).values()),
         reviews,
     )
     metrics = summarize(read_jsonl(reviews))

@@ -20,7 +20,7 @@ from ..data.images import blank_like, load_image
 from ..data.llava_format import iter_llava_file, split_at_images
 from ..data.scienceqa import LETTER_PROMPT
 from ..generation import GenerationSettings
-from ..utils import iter_jsonl, read_jsonl, repair_torn_tail
+from ..utils import iter_jsonl, repair_torn_tail, rows_by_id
 
 logger = logging.getLogger(__name__)
 
@@ -162,5 +162,5 @@ def run_inference(
 
 
 def read_answers(answers_file: str | Path) -> dict[str, dict]:
-    """Question id -> answer row of an answers JSONL (a later row for the same id wins)."""
-    return {str(row["question_id"]): row for row in read_jsonl(answers_file)}
+    """Question id -> answer row of an answers JSONL (an id on two lines raises, naming both)."""
+    return rows_by_id(answers_file)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.scienceqa import problem_metadata
-from ..utils import read_jsonl
+from ..utils import rows_by_id
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
@@ -136,7 +136,7 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     """Question id -> output text, from an answers JSONL (`question_id`, `text`) or an official result JSON."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return {str(row["question_id"]): row["text"] for row in read_jsonl(path)}
+        return {qid: row["text"] for qid, row in rows_by_id(path).items()}
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "outputs" in data:
         return {str(k): v for k, v in data["outputs"].items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 from .dataset_card import prompt_types as count_prompt_types
 from .dataset_card import render_dataset_card
-from .model_card import read_config, render_model_card
+from .model_card import read_config, render_model_card, safetensors_shapes
 from .rendering import CardError, validate_card
 from .space_card import render_space_app, render_space_readme
 
@@ -92,6 +92,18 @@ def _files(folder: Path, ignore: list[str]) -> list[Path]:
     return files
 
 
+def check_repo_id(repo_id: str) -> str:
+    """`namespace/name` or a bare `name` (the login's namespace), by `huggingface_hub`'s rules; checked before
+    anything is read or rendered, so that `--dry-run` fails where the push would."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{repo_id!r} is not a Hub repo id: {error} Use namespace/name or name.") from error
+    return repo_id
+
+
 def _prepare_repo(api, repo_id: str, repo_type: str, private: bool, branch: str | None, **create: Any) -> str:
     """Create the repo (and branch) when missing; returns the full `namespace/name` id."""
     user = _hub_call("checking the Hub login", api.whoami)
@@ -149,6 +161,7 @@ def check_model_folder(model_dir: str | Path) -> Path:
         raise CardError(f"{model_dir} has no safetensors weights.")
     if not ((model_dir / "processor_config.json").is_file() or (model_dir / "preprocessor_config.json").is_file()):
         raise CardError(f"{model_dir} has no processor (processor_config.json); save the processor with the model.")
+    check_weights(model_dir)
     missing = [name for name in REMOTE_CODE if not (model_dir / name).is_file()]
     if missing or "auto_map" not in config:
         raise CardError(
@@ -156,6 +169,41 @@ def check_model_folder(model_dir: str | Path) -> Path:
             "load with trust_remote_code; re-save it with llava_hf imported (model.save_pretrained)."
         )
     return model_dir
+
+
+def check_weights(model_dir: Path) -> None:
+    """The weights hold what the config describes: every file readable, and the tensor names and shapes those of the
+    model `config.json` builds (on the meta device: nothing is allocated), tied weights aside. Raises `CardError`
+    naming the first problems, so that a checkpoint that would not load is never pushed."""
+    import torch
+
+    from ..configuration_llava import LlavaConfig
+    from ..modeling_llava import LlavaForConditionalGeneration
+
+    shapes = safetensors_shapes(model_dir)
+    try:
+        config = LlavaConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(config)
+    except Exception as error:  # a config the model cannot be built from, whatever the reason: it would not load
+        raise CardError(
+            f"{model_dir / 'config.json'}: the model cannot be built from it ({type(error).__name__}: {error})."
+        ) from error
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    problems = [
+        f"{name}: {shape} in the file, {expected[name]} in the config"
+        for name, shape in shapes.items()
+        if name in expected and list(shape) != expected[name]
+    ]
+    problems += [f"{name}: in the file, not in the model" for name in shapes if name not in expected]
+    problems += [f"{name}: missing from the file" for name in expected if name not in shapes and name not in tied]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CardError(
+            f"{model_dir}: the weights do not match config.json: {'; '.join(problems[:5])}{more}; save the model "
+            "and its config together (model.save_pretrained)."
+        )
 
 
 def push_model(
@@ -175,6 +223,7 @@ def push_model(
     """
     from huggingface_hub import CommitOperationAdd
 
+    check_repo_id(repo_id)
     model_dir = check_model_folder(model_dir)
     readme = render_model_card(model_dir, repo_id, **card)
     if dry_run:
@@ -282,6 +331,7 @@ def push_dataset(
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
 
+    check_repo_id(repo_id)
     if not config_name.replace("-", "_").isidentifier():
         raise ValueError(f"config name {config_name!r} must be letters, digits, '_' or '-'.")
     split_paths = parse_sources(sources)
@@ -439,6 +489,7 @@ def push_space(
     """Push a Space folder written by `create_space` (one commit; the Space repo is created with `sdk: gradio`)."""
     from huggingface_hub import CommitOperationAdd
 
+    check_repo_id(space_id)
     space_dir = check_space_folder(space_dir)
     api = _api()
     space_id = _prepare_repo(api, space_id, "space", private, branch, space_sdk="gradio")
