@@ -261,7 +261,7 @@ def test_push_dry_run_validates_the_weights_against_the_config(saved_checkpoint,
 
     for field, value, message in (
         ("vocab_size", None, "model.language_model.embed_tokens.weight: [{n}, "),  # not the file's vocabulary
-        ("projector_type", "mlp9x_relu", "config.json: "),
+        ("projector_type", "mlp9x_relu", "the checkpoint does not load (ValueError: LlavaConfig.projector_type"),
     ):
         folder = _copy(saved_checkpoint, tmp_path / field)
         config = json.loads((folder / "config.json").read_text())

@@ -15,10 +15,10 @@ def test_no_test_module_imports_another():
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             offenders += [
                 f"{path.relative_to(TESTS)}:{node.lineno} imports {name}"
                 for name in names
-                if name.split(".")[-1].startswith("test_")
+                if any(part.startswith("test_") for part in name.split("."))
             ]
     assert not offenders, "move the shared helper to tests/fixtures/: " + "; ".join(offenders)

@@ -118,7 +118,7 @@ def rows_by_id(path: str | Path, key: str = "question_id") -> dict[str, Any]:
         if ident in lines:
             raise ValueError(
                 f"{path} lines {lines[ident]} and {number}: {key} {ident!r} appears twice; keep one line per "
-                f"{key} (a rerun of the command skips the ids already in the file)."
+                f"{key}: delete one of the two lines."
             )
         rows[ident], lines[ident] = row, number
     return rows

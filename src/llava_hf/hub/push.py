@@ -172,38 +172,40 @@ def check_model_folder(model_dir: str | Path) -> Path:
 
 
 def check_weights(model_dir: Path) -> None:
-    """The weights hold what the config describes: every file readable, and the tensor names and shapes those of the
-    model `config.json` builds (on the meta device: nothing is allocated), tied weights aside. Raises `CardError`
-    naming the first problems, so that a checkpoint that would not load is never pushed."""
-    import torch
-
-    from ..configuration_llava import LlavaConfig
+    """The weights hold what the config describes: every file readable, and the checkpoint loadable as
+    `from_pretrained` loads it (on the meta device: nothing is allocated; transformers' own key renaming and ignore
+    rules apply), with no weight missing and no shape mismatched. Raises `CardError` naming the first problems, so
+    that a checkpoint that would not load is never pushed; keys the model does not use are logged."""
     from ..modeling_llava import LlavaForConditionalGeneration
 
-    shapes = safetensors_shapes(model_dir)
+    safetensors_shapes(model_dir)  # every file readable, named when it is not
     try:
-        config = LlavaConfig.from_pretrained(model_dir)
-        with torch.device("meta"):
-            model = LlavaForConditionalGeneration(config)
-    except Exception as error:  # a config the model cannot be built from, whatever the reason: it would not load
+        # eager: the check must not depend on which attention kernels this machine has.
+        _, info = LlavaForConditionalGeneration.from_pretrained(
+            model_dir,
+            device_map="meta",
+            attn_implementation="eager",
+            ignore_mismatched_sizes=True,  # reported below, with the others, rather than raised one by one
+            output_loading_info=True,
+        )
+    except Exception as error:  # a config the model cannot be built from, or shapes it refuses: it would not load
         raise CardError(
-            f"{model_dir / 'config.json'}: the model cannot be built from it ({type(error).__name__}: {error})."
+            f"{model_dir}: the checkpoint does not load ({type(error).__name__}: {error}); save the model and its "
+            "config together (model.save_pretrained)."
         ) from error
-    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    problems = [
-        f"{name}: {shape} in the file, {expected[name]} in the config"
-        for name, shape in shapes.items()
-        if name in expected and list(shape) != expected[name]
+    problems = [f"{name}: missing from the weights" for name in sorted(info.get("missing_keys", []))]
+    problems += [
+        f"{name}: {list(saved)} in the file, {list(built)} in the config"
+        for name, saved, built in info.get("mismatched_keys", [])
     ]
-    problems += [f"{name}: in the file, not in the model" for name in shapes if name not in expected]
-    problems += [f"{name}: missing from the file" for name in expected if name not in shapes and name not in tied]
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CardError(
-            f"{model_dir}: the weights do not match config.json: {'; '.join(problems[:5])}{more}; save the model "
-            "and its config together (model.save_pretrained)."
+            f"{model_dir}: the weights do not match config.json: {'; '.join(map(str, problems[:5]))}{more}; save the "
+            "model and its config together (model.save_pretrained)."
         )
+    if info.get("unexpected_keys"):
+        logger.warning("%s: weights the model does not use: %s", model_dir, sorted(info["unexpected_keys"])[:5])
 
 
 def push_model(
