@@ -180,7 +180,7 @@ def check_weights(model_dir: Path) -> None:
 
     safetensors_shapes(model_dir)  # every file readable, named when it is not
     try:
-        # eager: the check must not depend on which attention kernels this machine has.
+        # eager: the check must not depend on which attention kernels are installed.
         _, info = LlavaForConditionalGeneration.from_pretrained(
             model_dir,
             device_map="meta",
