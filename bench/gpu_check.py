@@ -3,7 +3,7 @@
     # one H100 / H200: about 4-5 minutes, at most 330 s of checks (--time-limit)
     timeout 360 python bench/gpu_check.py              # -> bench/gpu_check.json, or $OUT/gpu_check.json if OUT is set
 
-    # the same checks at toy size on the CPU (under a minute on 2 cores; tests/test_gpu_check.py runs it)
+    # the same checks at toy size on the CPU (under a minute on 2 cores; tests/bench/test_gpu_check.py runs it)
     python bench/gpu_check.py --cpu-tiny --output /tmp/gpu_check.json
 
 Writes one JSON file (and the subprocesses' output beside it, `.log`) with a section per check, each `ok`, `failed`
@@ -115,7 +115,8 @@ GPU_TEXT = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
-# tests/tester.py's tiny CLIP (8 px, 16 image tokens) and tiny Llama; positions for the shapes world's long rows.
+# tests/fixtures/tester.py's tiny CLIP (8 px, 16 image tokens) and tiny Llama; positions for the shapes world's
+# long rows.
 TINY_VISION = dict(
     hidden_size=32,
     intermediate_size=37,
@@ -806,7 +807,7 @@ def _launch_command(ctx: Context, recipe: Path, fsdp: bool) -> tuple[list[str], 
     if ctx.plan.device == "cuda":
         config = ROOT / "recipes" / "accelerate" / ("fsdp.yaml" if fsdp else "single_gpu.yaml")
         launch += ["--config_file", str(config), "--num_processes", "1", "--num_machines", "1"]
-    else:  # as tests/test_training.py launches it on the CPU
+    else:  # as tests/train/test_training.py launches it on the CPU
         launch += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16"]
         launch += ["--dynamo_backend", "no", "--cpu"]
         env["ACCELERATE_USE_CPU"] = "true"
@@ -881,7 +882,7 @@ def _train(ctx: Context, fsdp: bool) -> None:
     if fsdp and ctx.plan.device != "cuda":
         raise Skip(
             "FSDP needs a CUDA device: on a CPU accelerate sets up DDP over gloo and ignores the FSDP plugin "
-            "(tests/test_training.py runs FSDP2 on the CPU through a patched accelerate instead)"
+            "(tests/train/test_training.py runs FSDP2 on the CPU through a patched accelerate instead)"
         )
     missing = {module: problem for module in ("trl", "datasets", "ijson") if (problem := _import_problem(module))}
     if missing:

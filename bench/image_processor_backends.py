@@ -3,7 +3,7 @@
     python bench/image_processor_backends.py [--batch-size 8]
 
 `CLIPImageProcessorPil` (`backend="pil"`) reproduces the PIL pipeline of transformers 4.x's `CLIPImageProcessor`
-that the original LLaVA used (tests/test_convert.py checks it against a hand-written one to 1e-6), so it is the
+that the original LLaVA used (tests/models/test_convert.py checks it against a hand-written one to 1e-6), so it is the
 reference here. `CLIPImageProcessor` (`backend="torchvision"`) resizes with torchvision's bicubic kernel. Both run at
 336 px (CLIP ViT-L/14-336) after LLaVA-1.5's pad-to-square (`pad`) or on the image as it is (`square`). Images: random
 noise at 72x48 and 48x72 (upscaled, the worst case) and, when scikit-image is installed, four photos (300x451 to

@@ -91,7 +91,7 @@ def prepare(
     from llava_hf.data.shapes import build_shapes_world
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from tester import tiny_tokenizer
+    from fixtures.tester import tiny_tokenizer
 
     build_shapes_world(work / "world", num_images=num_images, seed=0, progress=False)
     tokenizer = tiny_tokenizer()

@@ -51,7 +51,7 @@ def main() -> None:
         [str(bin_dir / "llava-hf"), "data", "shapes", str(shapes), "--num-images", str(args.num_images), "--seed", "0"]
         + ["--test-fraction", str(args.test_fraction)]
     )
-    common = ["--image_root", str(shapes / "images")] + device
+    common = ["--image_root", str(shapes / "images"), "--vision_feature_cache", str(out / "features")] + device
     run(
         accelerate
         + ["recipes/sft.py", "--config", "recipes/offline/stage1.yaml", "--train_files", str(shapes / "stage1.json")]
@@ -69,7 +69,9 @@ def main() -> None:
     )
     run(
         [str(bin_dir / "llava-hf"), "eval", "shapes", "--model", str(stage2), "--world", str(shapes)]
-        + ["--output-dir", str(out / "eval"), "--batch-size", "16"]
+        # In bf16, the precision the model trained in (bf16 autocast): 1.7x faster than float32 on a CPU with
+        # AVX512-BF16; the results record the dtype.
+        + ["--output-dir", str(out / "eval"), "--batch-size", "16", "--dtype", "bfloat16"]
     )
     metrics = json.loads((out / "eval" / "results.json").read_text())["metrics"]
     minutes = (time.perf_counter() - start) / 60

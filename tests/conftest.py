@@ -1,4 +1,13 @@
+"""Loaded by pytest before any test module: puts `tests/` on `sys.path`, so every test module, in any folder and any
+import mode, imports the helpers as `fixtures.<name>` (and `conftest` for the functions below)."""
+
 import os
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 # No test may reach the Hub: everything is built from configs or read from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,7 +32,7 @@ def single_thread():
 
 @pytest.fixture
 def tester():
-    from tester import LlavaModelTester
+    from fixtures.tester import LlavaModelTester
 
     return LlavaModelTester()
 

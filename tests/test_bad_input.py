@@ -58,24 +58,12 @@ def test_shapes_world_refuses_bad_sizes_before_writing(tmp_path, capsys, flag, v
 
 
 def test_llava_bench_from_an_answers_file_creates_the_output_folder(tmp_path):
-    from fixtures.llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
+    from fixtures.llava_bench import ScriptedServer, bench_command, write_inputs
 
-    files = {}
-    for name, rows in (
-        ("questions", QUESTIONS),
-        ("context", CONTEXTS),
-        ("reference", REFERENCES),
-        ("answers", CANDIDATES),
-    ):
-        files[name] = tmp_path / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = write_inputs(tmp_path)
     out = tmp_path / "new" / "folder"
     with ScriptedServer([("ok", "8 4\n"), ("ok", "6 6\n"), ("ok", "10 5\n")]) as base_url:
-        code = main(
-            ["eval", "llava-bench", "--answers", str(files["answers"]), "--questions", str(files["questions"])]
-            + ["--context", str(files["context"]), "--reference", str(files["reference"])]
-            + ["--judge-base-url", base_url, "--judge-model", "judge", "--output-dir", str(out)]
-        )
+        code = main(bench_command(files, base_url, out))
     assert code == 0 and (out / "results.json").exists() and (out / "reviews.jsonl").exists()
 
 
@@ -209,23 +197,11 @@ def test_an_answer_id_on_two_lines_is_an_error_naming_both(tmp_path):
 
 
 def test_llava_bench_refuses_two_answers_to_one_question_before_judging(tmp_path, capsys):
-    from fixtures.llava_bench import CANDIDATES, CONTEXTS, QUESTIONS, REFERENCES, ScriptedServer
+    from fixtures.llava_bench import CANDIDATES, ScriptedServer, bench_command, write_inputs
 
-    files = {}
-    for name, rows in (
-        ("questions", QUESTIONS),
-        ("context", CONTEXTS),
-        ("reference", REFERENCES),
-        ("answers", CANDIDATES + [CANDIDATES[0]]),
-    ):
-        files[name] = tmp_path / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = write_inputs(tmp_path, candidates=CANDIDATES + [CANDIDATES[0]])
     with ScriptedServer([]) as base_url:
-        code = main(
-            ["eval", "llava-bench", "--answers", str(files["answers"]), "--questions", str(files["questions"])]
-            + ["--context", str(files["context"]), "--reference", str(files["reference"])]
-            + ["--judge-base-url", base_url, "--judge-model", "judge", "--output-dir", str(tmp_path / "out")]
-        )
+        code = main(bench_command(files, base_url, tmp_path / "out"))
     assert code == 1
     assert "answers.jsonl lines 1 and 4: question_id '0' appears twice" in capsys.readouterr().err
     assert not (tmp_path / "out" / "reviews.jsonl").exists()
@@ -233,7 +209,7 @@ def test_llava_bench_refuses_two_answers_to_one_question_before_judging(tmp_path
 
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory):
-    from tester import LlavaModelTester
+    from fixtures.tester import LlavaModelTester
 
     return LlavaModelTester().save(tmp_path_factory.mktemp("push-ckpt"))
 
@@ -274,3 +250,91 @@ def test_push_dry_run_validates_the_weights_against_the_config(saved_checkpoint,
         assert main(["push", str(folder), "me/x", "--dry-run"]) == 1
         err = capsys.readouterr().err
         assert message.format(n=n) in err, err
+
+
+def test_one_image_path_rule_in_check_convert_training_and_evaluation(tmp_path, capsys):
+    """Relative paths are read under the image root, absolute ones as they are, and a `..` that leads out of the
+    root is refused naming the record, the same way in every command."""
+    from datasets import load_from_disk
+    from PIL import Image
+
+    from llava_hf.data import load_llava_dataset
+    from llava_hf.data.llava_format import RecordError
+    from llava_hf.eval.runner import load_questions
+
+    root, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    root.mkdir(), elsewhere.mkdir()
+    Image.new("RGB", (8, 8), "red").save(root / "inside.png")
+    Image.new("RGB", (8, 8), "blue").save(elsewhere / "outside.png")
+
+    def record(rid: str, image: str) -> dict:
+        turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]
+        return {"id": rid, "image": image, "conversations": turns}
+
+    absolute = str(elsewhere / "outside.png")
+    good = [record("relative", "inside.png"), record("absolute", absolute)]
+    escaping = record("escaping", "../elsewhere/outside.png")
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([*good, escaping]))
+
+    # data check: the escape is a problem of its own kind, naming the record; the absolute path is read.
+    assert main(["data", "check", str(path), "--image-root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "image path outside the image root" in out and "'escaping'" in out and "'absolute'" not in out
+
+    # training and convert (load_llava_dataset): refused naming the record, or skipped and counted.
+    with pytest.raises(RecordError, match=r"'escaping'.*leads out of the image root"):
+        load_llava_dataset(path, root)
+    dataset, report = load_llava_dataset(path, root, on_error="skip")
+    assert report.skipped == {"image path outside the image root": 1}
+    assert [images[0]["path"] for images in dataset.data.column("images").to_pylist()] == [
+        f"{root}/inside.png",
+        absolute,
+    ]
+    assert main(["data", "convert", str(path), str(tmp_path / "out"), "--image-root", str(root), "--skip-bad"]) == 0
+    converted = load_from_disk(str(tmp_path / "out"))
+    assert [row["images"][0].getpixel((0, 0)) for row in converted] == [(255, 0, 0), (0, 0, 255)]
+
+    # evaluation questions follow the same rule.
+    assert [q.images[0] for q in load_questions(good, root)] == [f"{root}/inside.png", absolute]
+    with pytest.raises(RecordError, match=r"'escaping'.*leads out of the image root"):
+        load_questions([escaping], root)
+
+
+def test_data_convert_finds_unreadable_images_per_record_before_saving(tmp_path, capsys):
+    from datasets import load_from_disk
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "ok.png")
+    (tmp_path / "a_folder.png").mkdir()
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+
+    def record(rid: str, image: str) -> dict:
+        turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]
+        return {"id": rid, "image": image, "conversations": turns}
+
+    names = {"ok": "ok.png", "gone": "missing.png", "folder": "a_folder.png", "loop": "loop.png"}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record(rid, name) for rid, name in names.items()]))
+    out = tmp_path / "out"
+    assert main(["data", "convert", str(path), str(out), "--image-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "(id 'gone') image 0: image file not found" in err and not out.exists()
+    assert main(["data", "convert", str(path), str(out), "--image-root", str(tmp_path), "--skip-bad"]) == 0
+    printed = capsys.readouterr()
+    assert "missing image" in printed.out + printed.err and [r["id"] for r in load_from_disk(str(out))] == ["ok"]
+
+
+def test_converting_the_same_files_again_leaves_one_cached_copy(tmp_path):
+    from llava_hf.data import load_llava_dataset
+
+    record = {"id": "1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record]))
+    cache = tmp_path / "cache"
+    for _ in range(3):
+        dataset, _ = load_llava_dataset(path, cache_dir=str(cache), progress=False)
+    assert len(dataset) == 1 and len(list((cache / "llava_hf").iterdir())) == 1
+    path.write_text(json.dumps([record, {**record, "id": "2"}]))  # an edited file is another conversion
+    dataset, _ = load_llava_dataset(path, cache_dir=str(cache), progress=False)
+    assert len(dataset) == 2 and len(list((cache / "llava_hf").iterdir())) == 2

@@ -131,6 +131,7 @@ def load_smollm2(dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, obj
 def load_offline_default(
     projector_type: str = "mlp2x_gelu",
     chat_template: str = "chatml",
+    system_prompt: str | None = None,
     image_aspect_ratio: str = "pad",
     vision_feature_pool_size: int | None = None,
     projector_input_norm: str | None = None,
@@ -141,7 +142,7 @@ def load_offline_default(
     """The offline default llava_hf: EfficientNet-Lite0 -> fresh `mlp2x_gelu` projector -> SmolLM2-135M-Instruct.
 
     Returns `(model, processor)` with 49 image tokens per 224-px image (`vision_feature_pool_size=3`: 9) and SmolLM2's ChatML template (with
-    generation markers).
+    generation markers; `system_prompt` replaces SmolLM2's default system prompt, `""` drops it).
     """
     from .builder import build_llava_from_pretrained
 
@@ -157,6 +158,7 @@ def load_offline_default(
         vision_feature_pool_size=vision_feature_pool_size,
         projector_input_norm=projector_input_norm,
         chat_template=chat_template,
+        system_prompt=system_prompt,
         attn_implementation=attn_implementation,
         dtype=dtype,
         seed=seed,

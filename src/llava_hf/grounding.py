@@ -420,7 +420,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
 def write_training_curves(model_dir: str | Path, overwrite: bool = True) -> Path | None:
     """`training_curves.png` in `model_dir`, drawn from its training record and its earlier stages' (followed back as
     the model card does); with `overwrite=False` an existing file is kept. `None` when there is nothing to draw."""
-    from .hub.cards import load_training_history
+    from .training_record import load_training_history
 
     path = Path(model_dir) / CURVES_FILE
     if path.is_file() and not overwrite:

@@ -231,10 +231,11 @@ class LlavaPreTrainedModel(PreTrainedModel):
                 "AutoModel": "modeling_llava.LlavaModel",
                 "AutoModelForImageTextToText": "modeling_llava.LlavaForConditionalGeneration",
                 "AutoModelForMultimodalLM": "modeling_llava.LlavaForConditionalGeneration",
-                # Removed in transformers 5 (replaced by AutoModelForImageTextToText); kept for older readers.
-                "AutoModelForVision2Seq": "modeling_llava.LlavaForConditionalGeneration",
             }
         )
+        # transformers 5 removed AutoModelForVision2Seq (AutoModelForImageTextToText replaces it), and the remote code
+        # needs transformers 5: a checkpoint saved by an older llava-hf drops the entry.
+        auto_map.pop("AutoModelForVision2Seq", None)
         self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -266,6 +267,10 @@ class LlavaPreTrainedModel(PreTrainedModel):
 
 class LlavaModel(LlavaPreTrainedModel):
     """Vision tower, projector and the LM body, without the LM head."""
+
+    # A `llava_hf.feature_cache.VisionFeatureCache` installed by `feature_cache.attach` (a runtime option, never saved):
+    # a frozen tower's features are then read from disk for images computed before.
+    vision_feature_cache = None
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -307,7 +312,10 @@ class LlavaModel(LlavaPreTrainedModel):
         # activation require grad: kept for backward, recomputed, and back-propagated for nothing.
         needs_grad = pixel_values.requires_grad or self.vision_tower_is_trainable()
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
-            selected = self._vision_features(pixel_values)
+            if self.vision_feature_cache is not None and not needs_grad:
+                selected = self.vision_feature_cache(pixel_values, self._vision_features)
+            else:
+                selected = self._vision_features(pixel_values)
         return self.multi_modal_projector(selected)  # (num_images, image_seq_length, text_hidden_size)
 
     def _vision_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:

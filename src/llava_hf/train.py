@@ -73,6 +73,10 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     # Model: stage 1 builds vision encoder + fresh projector + LM; stage 2 loads the stage-1 checkpoint. `dtype: auto`
     # loads float32 master weights (under DeepSpeed: the autocast dtype; DeepSpeed keeps the float32 copy).
     model, processor = load_model_for_stage(model_args, training_args)
+    if model_args.vision_feature_cache:  # the frozen tower's features, read back for images seen before
+        from .feature_cache import attach
+
+        attach(model, model_args.vision_feature_cache)
 
     # Dataset: LLaVA JSON -> TRL's conversational format (stage 1 keeps the caption only: `plain`).
     stage = "plain" if model_args.stage == "1" else "chat"

@@ -88,6 +88,20 @@ class LlavaModelArguments:
             "help": "Stage 1: the checkpoint's chat template: vicuna_v1, llava_v1, chatml, plain or a .jinja path."
         },
     )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 1, chatml: the system prompt the chat template adds when a conversation has none; unset: "
+            "the LM's own (SmolLM2's), '' for none. vicuna_v1 / llava_v1 keep the paper's."
+        },
+    )
+    vision_feature_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder where the frozen vision tower's features are stored per image and read back when the "
+            "same image is seen again (epochs, stage 1 then stage 2, evaluation); see llava_hf.feature_cache."
+        },
+    )
     image_processor_backend: str | None = field(
         default=None,
         metadata={
@@ -159,6 +173,11 @@ class LlavaModelArguments:
                     "stage-1 checkpoint's image processor (and the backend it recorded), and the offline default "
                     "builds its own."
                 )
+        if self.system_prompt is not None and (self.stage != "1" or self.chat_template != "chatml"):
+            raise RecipeError(
+                "system_prompt applies to stage 1 with chat_template: chatml, which writes the checkpoint's template; "
+                "vicuna_v1 / llava_v1 keep the paper's system prompt, and stage 2 keeps the stage-1 checkpoint's."
+            )
         if self.vision_feature_pool_size is not None and self.stage != "1":
             raise RecipeError(
                 "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
@@ -374,6 +393,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
             model, processor = load_offline_default(
                 projector_type=model_args.projector_type,
                 chat_template=template,
+                system_prompt=model_args.system_prompt,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
                 projector_input_norm=model_args.projector_input_norm,
@@ -391,6 +411,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 projector_input_norm=model_args.projector_input_norm,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 chat_template=template,
+                system_prompt=model_args.system_prompt,
                 image_processor_backend=model_args.image_processor_backend,
                 attn_implementation=model_args.attn_implementation,
                 dtype=dtype,
@@ -784,8 +805,12 @@ def save_stage_output(
             )
         if is_peft or getattr(trainer, "processing_class", None) is not processor:
             processor.save_pretrained(output_dir)
+        from .feature_cache import installed_cache
         from .grounding import grounding_record
         from .modeling_llava import describe_attn_implementation
+        from .training_record import write_training_record
+
+        cache = installed_cache(trainer.model)
 
         record = {
             "stage": model_args.stage,
@@ -809,8 +834,10 @@ def save_stage_output(
             "collator": dict(trainer.collator_stats) if hasattr(trainer, "collator_stats") else None,
             # The grounding meter's rows and first / last image_gain (llava_hf.grounding); None without the meter.
             "grounding": grounding_record(trainer),
+            # Feature-cache reads and writes of the main process (llava_hf.feature_cache); None without the cache.
+            "vision_feature_cache": None if cache is None else cache.stats(),
         }
-        (output_dir / "llava_hf_training.json").write_text(json.dumps(record, indent=1, default=str))
+        write_training_record(output_dir, record)
     trainer.accelerator.wait_for_everyone()  # no process returns before the checkpoint is complete
     return output_dir
 

@@ -7,7 +7,7 @@ Nothing here imports the rest of the package, so any module can use it.
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +108,28 @@ def rows_by_id(path: str | Path, key: str = "question_id") -> dict[str, Any]:
     """Id (as a string) -> row of a JSONL file of answers or references. A row without `key`, or an id on two lines,
     raises a `ValueError` naming the file and the lines: which of two answers to one question counts is not
     something to guess."""
-    path = Path(path)
+    return index_rows(iter_jsonl(path), str(path), key)
+
+
+def index_rows(
+    numbered: Iterable[tuple[int, Any]], source: str, key: str = "question_id", unit: str = "line"
+) -> dict[str, Any]:
+    """Id (as a string) -> row of `(number, row)` pairs read from `source` (a file name, or what a list of rows is
+    called), in their order. A row without `key`, or an id on two rows, raises a `ValueError` naming `source` and the
+    numbers (`unit`: "line" in a file, "row" in a list). `rows_by_id` reads a file through it; rows that come from
+    elsewhere (a list passed from Python) go through it directly, so duplicates are refused the same way."""
     rows: dict[str, Any] = {}
-    lines: dict[str, int] = {}
-    for number, row in iter_jsonl(path):
+    numbers: dict[str, int] = {}
+    for number, row in numbered:
         if not isinstance(row, dict) or key not in row:
-            raise ValueError(f"{path} line {number}: a row without {key!r}; every row needs one.")
+            raise ValueError(f"{source} {unit} {number}: a row without {key!r}; every row needs one.")
         ident = str(row[key])
-        if ident in lines:
+        if ident in numbers:
             raise ValueError(
-                f"{path} lines {lines[ident]} and {number}: {key} {ident!r} appears twice; keep one line per "
-                f"{key}: delete one of the two lines."
+                f"{source} {unit}s {numbers[ident]} and {number}: {key} {ident!r} appears twice; keep one {unit} "
+                f"per {key}: delete one of the two {unit}s."
             )
-        rows[ident], lines[ident] = row, number
+        rows[ident], numbers[ident] = row, number
     return rows
 
 
@@ -162,13 +171,16 @@ def _end_or_cut(handle: Any, line_start: int, size: int) -> bool:
 
 
 # -- Hub repo ids ----------------------------------------------------------------------------------------------------
-def validate_hub_id(name: Any) -> None:
+def validate_hub_id(name: Any, allow_bare_name: bool = False) -> None:
     """Raise `huggingface_hub`'s `HFValidationError` (a `ValueError`) with the reason unless `name` is a
-    `namespace/name` repo id by `huggingface_hub.utils.validate_repo_id`'s rules."""
+    `namespace/name` repo id by `huggingface_hub.utils.validate_repo_id`'s rules; with `allow_bare_name`, a bare
+    `name` too (what a push accepts: the Hub puts it under the login's namespace)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not isinstance(name, str) or name.count("/") != 1:
-        raise HFValidationError(f"Repo id must be in the form 'namespace/name': {name!r}.")
+    slashes = name.count("/") if isinstance(name, str) else -1
+    if not (slashes == 1 or (slashes == 0 and allow_bare_name)):
+        form = "'namespace/name' or 'name'" if allow_bare_name else "'namespace/name'"
+        raise HFValidationError(f"Repo id must be in the form {form}: {name!r}.")
     validate_repo_id(name)
 
 

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = "DEBUG" if args.verbose else os.environ.get("LLAVA_HF_VERBOSITY", "INFO").upper()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The judge's and the data engine's HTTP clients log one INFO line per request, which buries the progress bar and
+    # the messages that matter; -v shows them.
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai"):
+        logging.getLogger(name).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

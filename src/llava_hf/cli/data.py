@@ -128,8 +128,14 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{output} exists and is not an empty folder; pass --overwrite to replace it, or choose another output."
         )
+    # Every image must be a readable file before anything is written: the save embeds them, and a missing one would
+    # fail there, after every row, without naming its record.
     dataset, report = load_llava_dataset(
-        args.files, args.image_root, stage=args.stage, on_error="skip" if args.skip_bad else "raise"
+        args.files,
+        args.image_root,
+        stage=args.stage,
+        on_error="skip" if args.skip_bad else "raise",
+        check_image_files=True,
     )
     # Written beside the output and swapped in at the end: a kill mid-save leaves the previous dataset whole.
     staging = output.with_name(f".{output.name}.partial-{os.getpid()}")

@@ -104,5 +104,9 @@ def run_chat(args: argparse.Namespace) -> int:
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} not found.")
     chat = ChatModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    # Bytes that are not UTF-8 reach the chat as lone surrogates, which it refuses line by line, instead of a
+    # UnicodeDecodeError that would end the conversation.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     run_terminal_chat(chat, args.image, settings, sys.stdin, sys.stdout, limits)
     return 0

@@ -18,6 +18,12 @@ def _generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> No
     parser.add_argument("--output-dir", required=True, help="answers, reviews and results.json go here")
     add_dataclass_arguments(parser, GenerationSettings, GENERATION_FIELDS, defaults={"max_new_tokens": max_new_tokens})
     add_device_arguments(parser)
+    parser.add_argument(
+        "--vision-feature-cache",
+        metavar="DIR",
+        help="read the frozen vision tower's features from DIR for images computed before, and store the others "
+        "(the folder a training run's vision_feature_cache wrote; entries are keyed by image, tower and precision)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +75,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint (default: OpenAI)")
     bench.add_argument("--judge-model", default=None, help="judge model name on that endpoint")
     bench.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    bench.add_argument(
+        "--judge-timeout", type=float, default=120.0, help="seconds for one judge request before it is retried"
+    )
+    bench.add_argument(
+        "--judge-max-retries",
+        type=int,
+        default=6,
+        help="retries per judge request on 429/5xx/timeouts/refused connections, with exponential backoff",
+    )
     bench.add_argument("--judge-local", default=None, help="or: a local causal LM folder to judge with")
     bench.set_defaults(func=run_llava_bench)
 
@@ -98,7 +113,16 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ValueError("--model is required to generate answers.")
     register()
     model = load_pretrained(AutoModelForImageTextToText, args.model, device=args.device, dtype=args.dtype)
+    if args.vision_feature_cache:
+        from ..feature_cache import attach
+
+        attach(model, args.vision_feature_cache)
     return model, AutoProcessor.from_pretrained(args.model)
+
+
+def ran_with(model: Any) -> dict[str, str]:
+    """The precision and device the answers were generated in, for the results record (`--dtype` changes them)."""
+    return {"dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)}
 
 
 def generation_settings(args: argparse.Namespace):
@@ -119,17 +143,17 @@ def run_scienceqa(args: argparse.Namespace) -> int:
     answers = Path(args.answers) if args.answers else out / "answers.jsonl"
     suffix = "" if args.no_suffix else SCIENCEQA_SUFFIX
     settings = generation_settings(args)
+    asked = settings.to_dict() | {"prompt_suffix": suffix}
     if not args.answers:
         model, processor = load_model(args)
+        asked |= ran_with(model)
         questions = load_questions(args.questions, args.image_root)
         run_inference(model, processor, questions, answers, settings, Path(args.model).name, suffix)
     problems = json.loads(Path(args.problems).read_text()) if args.problems else None
     metrics = score_scienceqa(load_predictions(answers), json.loads(Path(args.questions).read_text()), problems)
     data = {"questions": args.questions, "answers": answers} | ({"problems": args.problems} if args.problems else {})
     path = write_results(
-        make_results(
-            "scienceqa", args.model or "answers-file", data, settings.to_dict() | {"prompt_suffix": suffix}, metrics
-        ),
+        make_results("scienceqa", args.model or "answers-file", data, asked, metrics),
         out / "results.json",
     )
     print(
@@ -142,10 +166,19 @@ def run_scienceqa(args: argparse.Namespace) -> int:
 def run_llava_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..eval.llava_bench import OpenAIJudge, TransformersJudge, review, summarize
+    from ..datagen.backend import BackendUnusable
+    from ..eval.llava_bench import (
+        OpenAIJudge,
+        TransformersJudge,
+        describe_missing,
+        missing_reviews,
+        read_verdicts,
+        review,
+        summarize,
+    )
     from ..eval.results import make_results, write_results
     from ..eval.runner import load_questions, run_inference
-    from ..utils import read_jsonl, rows_by_id
+    from ..utils import rows_by_id
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)  # reviews and results go there, also when the answers come from a file
@@ -162,34 +195,52 @@ def run_llava_bench(args: argparse.Namespace) -> int:
             AutoModelForCausalLM.from_pretrained(args.judge_local), AutoTokenizer.from_pretrained(args.judge_local)
         )
     elif args.judge_model:
-        judge = OpenAIJudge(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_key_env)
+        judge = OpenAIJudge(
+            args.judge_model,
+            base_url=args.judge_base_url,
+            api_key_env=args.judge_key_env,
+            timeout=args.judge_timeout,
+            max_retries=args.judge_max_retries,
+        )
     else:
         raise ValueError("pass --judge-model (an OpenAI-compatible endpoint) or --judge-local (a local model folder).")
     reviews = out / "reviews.jsonl"
-    report = review(
-        judge,
-        read_jsonl(args.questions),
-        read_jsonl(args.context),
-        # One reference and one answer per question: a repeated id is an error naming the file and the lines.
-        list(rows_by_id(args.reference).values()),
-        list(rows_by_id(answers).values()),
-        reviews,
-    )
-    metrics = summarize(read_jsonl(reviews))
-    data = {"questions": args.questions, "context": args.context, "reference": args.reference, "answers": answers}
-    judged = settings.to_dict() | {"judge": judge.name, "judge_base_url": args.judge_base_url}
-    path = write_results(
-        make_results("llava-bench", args.model or "answers-file", data, judged, metrics), out / "results.json"
-    )
-    print(render_summary(metrics) + f"\nunreadable judge replies: {report.unparseable} -> {path}")
-    if "all" not in metrics:
-        print(f"llava-hf eval: error: {reviews}: no judge reply had readable scores.", file=sys.stderr)
+    stopped = None
+    try:
+        # One question, reference and answer per question_id: a repeated id is refused naming the file and lines.
+        review(judge, args.questions, args.context, args.reference, answers, reviews)
+    except BackendUnusable as error:  # the judge is down or refuses us: what was judged is kept for the rerun
+        stopped = str(error)
+    question_ids = list(rows_by_id(args.questions))
+    verdicts = read_verdicts(reviews)
+    missing = missing_reviews(args.questions, reviews)
+    if missing or stopped:
+        # A score over the questions that happened to be judged is not the benchmark's: no results.json, and the
+        # partial table says how partial it is.
+        judged = [verdicts[qid] for qid in question_ids if qid in verdicts]
+        if judged:
+            print(render_summary(summarize(judged), total=len(question_ids)))
+        reason = stopped or (
+            f"{reviews}: {len(missing)} of {len(question_ids)} questions have no valid review "
+            f"({describe_missing(missing)}); check the judge, then run the same command again: the reviewed "
+            "questions are kept and the rest judged again."
+        )
+        print(f"llava-hf eval: error: {reason}", file=sys.stderr)
         return 1
+    metrics = summarize(verdicts[qid] for qid in question_ids)
+    data = {"questions": args.questions, "context": args.context, "reference": args.reference, "answers": answers}
+    judged_with = settings.to_dict() | {"judge": judge.name, "judge_base_url": args.judge_base_url}
+    path = write_results(
+        make_results("llava-bench", args.model or "answers-file", data, judged_with, metrics), out / "results.json"
+    )
+    print(render_summary(metrics) + f"\nall {len(question_ids)} questions reviewed -> {path}")
     return 0
 
 
-def render_summary(summary: dict) -> str:
-    """LLaVA-Bench's relative scores as a table, one row per category."""
+def render_summary(summary: dict, total: int | None = None) -> str:
+    """LLaVA-Bench's relative scores as a table, one row per category. When fewer than `total` questions (default:
+    every row summarised, readable or not) have readable scores, a last line says `k of n reviewed`: the table is
+    then not the benchmark's score."""
     lines = ["category   relative  reference  candidate  count"]
     for category, row in summary.items():
         if isinstance(row, dict):
@@ -198,8 +249,13 @@ def render_summary(summary: dict) -> str:
                 f"{category:<10} {relative:>8}  {row['reference_mean_x10']:9.1f}  "
                 f"{row['candidate_mean_x10']:9.1f}  {row['count']:5d}"
             )
-    if summary.get("excluded_unparseable"):
-        lines.append(f"excluded (no readable scores): {summary['excluded_unparseable']}")
+    reviewed = summary["all"]["count"] if "all" in summary else 0
+    total = reviewed + summary.get("excluded_unparseable", 0) if total is None else total
+    if reviewed < total:
+        lines.append(
+            f"partial: {reviewed} of {total} reviewed; not the benchmark's score until every question is (rerun "
+            "`llava-hf eval llava-bench` to judge the rest)"
+        )
     return "\n".join(lines)
 
 
@@ -229,7 +285,8 @@ def run_shapes(args: argparse.Namespace) -> int:
     model, processor = load_model(args)
     metrics = evaluate_shapes(model, processor, args.world, args.output_dir, settings, Path(args.model).name)
     data = {"questions": Path(args.world) / "mcq_test.json"}
-    asked = settings.to_dict() | {"prompt_suffix": MCQ_PROMPT}  # what each test question was asked with
+    # What each test question was asked with, and the precision it was answered in.
+    asked = settings.to_dict() | {"prompt_suffix": MCQ_PROMPT} | ran_with(model)
     path = write_results(
         make_results("shapes", args.model, data, asked, metrics),
         Path(args.output_dir) / "results.json",

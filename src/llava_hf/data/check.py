@@ -8,7 +8,7 @@ from typing import Any
 
 from .collator import clean_message
 from .images import DEFAULT_MAX_PIXELS, image_problem
-from .llava_format import RecordError, iter_llava_file, llava_record_to_row, problem_kind, record_location
+from .llava_format import RecordError, image_path, iter_llava_file, llava_record_to_row, problem_kind, record_location
 
 # Kinds that are notes, not problems: the data loads (after a safe conversion).
 NOTES = {"non-RGB image (converted)"}
@@ -100,10 +100,15 @@ def check_llava_files(
                 report.add(problem_kind(str(error)), str(error))
                 continue
             _turn_problems(row, where, report)
-            if check_images:
-                for index, name in enumerate(row["image_files"]):
+            for index, name in enumerate(row["image_files"]):
+                try:  # the path rule holds whether or not the images are opened
+                    path = image_path(root, name, f"{where} image {index}")
+                except RecordError as error:
+                    report.add(problem_kind(str(error)), str(error))
+                    continue
+                if check_images:
                     report.images += 1
-                    found = image_problem(root / name, f"{where} image {index}", max_pixels)
+                    found = image_problem(Path(path), f"{where} image {index}", max_pixels)
                     if found:
                         report.add(*found)
             if max_length is not None:

@@ -23,6 +23,7 @@ for the whole file.
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -104,6 +105,32 @@ def record_location(source: str, number: int, record: dict) -> str:
     unit = "line" if source.endswith(".jsonl") else "row"
     record_id = record.get("id") if isinstance(record, dict) else None
     return f"{source} {unit} {number} (id {record_id!r})"
+
+
+def image_path(root: str | Path, name: str, where: str) -> str:
+    """The one rule for a record's image path, in `data check`, `data convert`, training and evaluation: a relative
+    path is read under the image root; an absolute path is read as it is (the original LLaVA's `os.path.join` does the
+    same); a relative path whose `..` leads out of the image root is refused (`RecordError` naming the record), as a
+    mistyped path or one that would read files the dataset does not own."""
+    if os.path.isabs(name):
+        return name
+    if os.path.normpath(name).split(os.sep, 1)[0] == os.pardir:
+        raise RecordError(
+            f"{where}: image {name!r} leads out of the image root {str(root)!r} through '..'; give it relative to "
+            "the image root (or as an absolute path), or pass an --image-root / image_root that contains it."
+        )
+    return f"{root}/{name}"
+
+
+def _check_image_file(path: str, where: str) -> None:
+    """Raise `RecordError` naming the record unless `path` is a file this process can read."""
+    target = Path(path)
+    if target.is_dir():
+        raise RecordError(f"{where}: image path {path} is a folder, not an image file; fix the record's image.")
+    if not target.is_file():  # missing, a broken link or a symlink loop
+        raise RecordError(f"{where}: image file not found: {path}; fix the path or the image root.")
+    if not os.access(target, os.R_OK):
+        raise RecordError(f"{where}: image file {path} is not readable (permissions).")
 
 
 def _image_files(record: dict) -> list[str]:
@@ -241,6 +268,7 @@ def _rows(
     on_error: str,
     stage: str,
     report: ConversionReport,
+    check_image_files: bool = False,
 ) -> Iterator[dict[str, Any]]:
     for path in paths:
         root = str(Path(image_root) if image_root is not None else Path(path).parent)
@@ -251,12 +279,16 @@ def _rows(
                 row = llava_record_to_row(record, where)
                 if stage == "plain":
                     row = to_plain(row, where)
+                paths = [image_path(root, name, f"{where} image {i}") for i, name in enumerate(row["image_files"])]
+                if check_image_files:
+                    for index, image in enumerate(paths):
+                        _check_image_file(image, f"{where} image {index}")
             except RecordError as error:
                 if on_error == "raise":
                     raise
                 report.skip(type(error).__name__ if not str(error) else problem_kind(str(error)), str(error))
                 continue
-            row["images"] = [{"path": f"{root}/{name}", "bytes": None} for name in row["image_files"]]
+            row["images"] = [{"path": path, "bytes": None} for path in paths]
             report.rows_written += 1
             yield row
 
@@ -277,6 +309,10 @@ def problem_kind(message: str) -> str:
         "placeholder": "image placeholder count",
         "JSON": "invalid JSON",
         "caption": "not a caption pair",
+        "leads out of the image root": "image path outside the image root",
+        "image file not found": "missing image",
+        "not an image file": "missing image",
+        "not readable": "unreadable image",
         "conversations": "empty or missing conversations",
     }
     for marker, kind in kinds.items():
@@ -293,6 +329,7 @@ def load_llava_dataset(
     cache_dir: str | None = None,
     batch_size: int = 10_000,
     progress: bool = True,
+    check_image_files: bool = False,
 ):
     """Read LLaVA JSON/JSONL file(s) into a `datasets.Dataset` in TRL's vision-language conversational format.
 
@@ -306,6 +343,8 @@ def load_llava_dataset(
             counts it by kind and logs the summary.
         cache_dir: where the Arrow file goes (default: datasets' cache, under `llava_hf/`).
         batch_size: rows per Arrow record batch: the memory bound of the conversion.
+        check_image_files: whether each image path must name a readable file, checked here (a bad record named,
+            or skipped and counted) rather than when something reads the images (`data convert` embeds them).
 
     Returns:
         `(dataset, report)`: the dataset and a `ConversionReport` of rows read, written and skipped.
@@ -328,28 +367,49 @@ def load_llava_dataset(
     # datasets' per-example encoding (the slow part of Dataset.from_generator) is skipped.
     folder = Path(cache_dir or datasets_config.HF_DATASETS_CACHE) / "llava_hf"
     folder.mkdir(parents=True, exist_ok=True)
-    arrow_path = folder / f"llava-{uuid.uuid4().hex}.arrow"
+    # Named after the inputs, so converting the same files again replaces the earlier copy instead of adding one per
+    # run; written beside it and renamed, so a process still reading the earlier copy keeps it whole.
+    options = (image_root and str(Path(image_root).resolve()), stage, on_error, check_image_files)
+    arrow_path = folder / f"llava-{_inputs_key(paths, options)}.arrow"
+    partial = arrow_path.with_name(f"{arrow_path.name}.{uuid.uuid4().hex}.partial")
     rows = tqdm(
-        _rows(paths, None if image_root is None else str(image_root), on_error, stage, report),
+        _rows(paths, None if image_root is None else str(image_root), on_error, stage, report, check_image_files),
         desc="converting LLaVA rows",
         unit=" rows",
         disable=not progress,
     )
     batch: list[dict[str, Any]] = []
-    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for row in rows:
-            batch.append(row)
-            if len(batch) == batch_size:
+    try:
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for row in rows:
+                batch.append(row)
+                if len(batch) == batch_size:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch or report.rows_written == 0:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch or report.rows_written == 0:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        os.replace(partial, arrow_path)
+    finally:
+        partial.unlink(missing_ok=True)  # a bad record stopped the conversion: no half-written copy stays
     dataset = Dataset.from_file(str(arrow_path))
     if report.skipped:
         logger.warning("LLaVA conversion of %s: %s", ", ".join(paths), report.summary())
     else:
         logger.info("LLaVA conversion of %s: %s", ", ".join(paths), report.summary())
     return dataset, report
+
+
+def _inputs_key(paths: list[str], options: tuple) -> str:
+    """A name for the conversion of `paths` with `options`: the files' absolute paths, sizes and modification times
+    (an edited file is another conversion) and the options."""
+    import hashlib
+    import json
+
+    files = []
+    for path in paths:
+        stat = Path(path).stat()
+        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return hashlib.blake2b(json.dumps([files, list(options)]).encode(), digest_size=12).hexdigest()
 
 
 def to_plain(row: dict[str, Any], where: str = "record") -> dict[str, Any]:

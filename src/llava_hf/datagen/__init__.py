@@ -15,7 +15,7 @@
     print(report.render())
 """
 
-from .backend import BackendUnusable, ChatBackend, Completion, RequestFailed, TransientError
+from .backend import BackendUnusable, ChatBackend, CircuitBreaker, Completion, RequestFailed, TransientError
 from .context import ImageContext, load_caps_boxes, load_coco, load_contexts, shapes_contexts
 from .engine import EngineSettings, InstructionEngine, RunReport, generate_instructions
 from .openai_compatible import OpenAICompatibleBackend
@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "BackendUnusable",
     "ChatBackend",
+    "CircuitBreaker",
     "Completion",
     "EngineSettings",
     "ImageContext",

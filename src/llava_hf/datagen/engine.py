@@ -6,8 +6,9 @@
   times, after the server's `Retry-After` when it sent one, else after an exponential backoff with jitter
   (`min(max_backoff, initial_backoff * 2**attempt)` times a uniform factor in [0.5, 1), so many workers hit by the
   same outage do not come back in lockstep). What still fails is written to `failed.jsonl`, counted, reported, and
-  tried again by the next run. A backend that cannot work (HTTP 401/403/404, or the first `max(10, concurrency)`
-  requests all failing on transient errors: a server that is down) stops the run at once, saying why.
+  tried again by the next run. A backend that cannot work (HTTP 401/403/404, or `max(10, concurrency)` requests
+  in a row failing on transient errors after their retries: a server that is down, see
+  `backend.CircuitBreaker`) stops the run at once, saying why.
 - **Resume**: the output is append-only JSONL keyed by (image id, type, sample index) (see `store.py`); a restarted
   run skips done keys, so a run killed at any point neither loses nor duplicates a record.
 - **Determinism**: the few-shot order, the detail instruction and the `<image>` position depend only on the seed and
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backend import BackendUnusable, ChatBackend, Completion, RequestFailed, TransientError
+from .backend import BackendUnusable, ChatBackend, CircuitBreaker, Completion, RequestFailed, TransientError
 from .context import ImageContext
 from .parsing import ResponseRejected, parse_response
 from .prompts import KINDS, PromptSet, canonical_kind, load_prompts, request_rng
@@ -153,8 +154,7 @@ class InstructionEngine:
         if missing:
             raise ValueError(f"no prompt set for type(s) {missing}; pass prompts for every type in settings.kinds.")
         self._jitter = random.Random()  # jitter only decorrelates retries; it need not be reproducible
-        self._any_success = False
-        self._failures_before_success = 0
+        self._breaker = self._new_breaker()
 
     def keys(self, contexts: Iterable[ImageContext]) -> Iterator[tuple[ImageContext, str, int]]:
         for context in contexts:
@@ -177,7 +177,7 @@ class InstructionEngine:
 
     async def _run(self, contexts: Iterable[ImageContext]) -> RunReport:
         report = RunReport(model=self.backend.name)
-        self._any_success, self._failures_before_success = False, 0
+        self._breaker = self._new_breaker()
         start = time.perf_counter()
         with InstructionStore(self.out_dir) as store:
             report.torn_lines_repaired = store.torn_lines
@@ -253,9 +253,10 @@ class InstructionEngine:
             kind_of_error, message, transient = error
             report.failed[kind_of_error] = report.failed.get(kind_of_error, 0) + 1
             store.write_failure({**key_fields, "image": context.image, "error": message, "attempts": attempts})
-            self._check_circuit(transient, message)
+            if transient:
+                self._breaker.failure(message, "Failures are in failed.jsonl; run the same command again once it is.")
             return
-        self._any_success = True
+        self._breaker.success()
         report.prompt_tokens += completion.prompt_tokens
         report.completion_tokens += completion.completion_tokens
         report.responses_without_usage += not completion.has_usage
@@ -329,19 +330,11 @@ class InstructionEngine:
                 return None, (kind, str(error), False), attempt + 1
         raise AssertionError("unreachable")
 
-    def _check_circuit(self, transient: bool, message: str) -> None:
-        """Stop when the first requests of a run all fail after their retries on transient errors: the server is
-        down or the URL is wrong, and the remaining keys would each spend minutes in backoff for nothing."""
-        if self._any_success or not transient:
-            return
-        self._failures_before_success += 1
-        limit = max(10, self.settings.concurrency)
-        if self._failures_before_success >= limit:
-            raise BackendUnusable(
-                f"the first {limit} requests all failed after {self.settings.max_retries} retries (last error: "
-                f"{message}); check that the server at the base URL is up. Failures are in failed.jsonl; run the "
-                "same command again once it is."
-            )
+    def _new_breaker(self) -> CircuitBreaker:
+        # With many requests in flight, a server going down fails them all at once: the limit is at least the
+        # concurrency, so one burst of in-flight failures is what stops the run, not fewer.
+        endpoint = getattr(self.backend, "url", None) or f"the {self.backend.name!r} backend"
+        return CircuitBreaker(max(10, self.settings.concurrency), endpoint)
 
 
 def generate_instructions(

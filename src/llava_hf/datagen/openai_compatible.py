@@ -48,6 +48,23 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+def http_error(
+    status: int, detail: str, url: str, key_fix: str, url_fix: str, retry_after: float | None = None
+) -> TransientError | RequestFailed | BackendUnusable:
+    """The error for an HTTP status other than 200 from an OpenAI-compatible endpoint: retry (408/409/429/5xx), stop
+    the run (401/403: the key; 404: the URL or the model, with the caller's `key_fix` / `url_fix` naming its own
+    options), or fail this one request (any other status). `detail` is the start of the server's reply."""
+    if status in RETRYABLE_STATUS or status >= 500:
+        return TransientError(f"http {status}", f"HTTP {status}: {detail}", retry_after)
+    if status in (401, 403):
+        return BackendUnusable(
+            f"HTTP {status} from {url}: the endpoint refused the key; {key_fix}. Server said: {detail}"
+        )
+    if status == 404:
+        return BackendUnusable(f"HTTP 404 from {url}: {url_fix}. Server said: {detail}")
+    return RequestFailed(f"http {status}", f"HTTP {status}: {detail}")
+
+
 class OpenAICompatibleBackend:
     """`POST {base_url}/chat/completions` with `model`, `messages`, `temperature` and `max_tokens`.
 
@@ -133,20 +150,14 @@ class OpenAICompatibleBackend:
             raise TransientError("connection", f"{type(error).__name__}: {error}") from error
         if status == 200:
             return self._completion(raw)
-        detail = raw[:300].decode("utf-8", "replace")
-        if status in RETRYABLE_STATUS or status >= 500:
-            raise TransientError(f"http {status}", f"HTTP {status}: {detail}", parse_retry_after(headers))
-        if status in (401, 403):
-            raise BackendUnusable(
-                f"HTTP {status} from {self.url}: the endpoint refused the key; set ${self.api_key_env} (or pass "
-                f"--api-key-env NAME) to a valid key. Server said: {detail}"
-            )
-        if status == 404:
-            raise BackendUnusable(
-                f"HTTP 404 from {self.url}: check --base-url (it should end in /v1) and --model {self.name!r}. "
-                f"Server said: {detail}"
-            )
-        raise RequestFailed(f"http {status}", f"HTTP {status}: {detail}")
+        raise http_error(
+            status,
+            raw[:300].decode("utf-8", "replace"),
+            self.url,
+            key_fix=f"set ${self.api_key_env} (or pass --api-key-env NAME) to a valid key",
+            url_fix=f"check --base-url (it should end in /v1) and --model {self.name!r}",
+            retry_after=parse_retry_after(headers),
+        )
 
     def _encode(self, messages: list[dict[str, str]]) -> bytes:
         """The request body. The system prompt and few-shot turns repeat in every request (thousands of characters),

@@ -65,6 +65,13 @@ def check_text(text: str | None, limits: Limits) -> str:
     text = (text or "").strip()
     if not text:
         raise InputError("Type a question (the message is empty).")
+    try:  # a terminal's undecodable bytes arrive as lone surrogates (stdin's surrogateescape); no tokenizer takes them
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"The message is not UTF-8 text (an undecodable byte at character {error.start + 1}); type it again, "
+            "or set the terminal to UTF-8."
+        ) from None
     if len(text) > limits.max_text_chars:
         raise InputError(
             f"The message is {len(text):,} characters long; the limit is {limits.max_text_chars:,}. Shorten it."

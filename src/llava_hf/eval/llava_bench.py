@@ -9,19 +9,24 @@ and the relative score of a category is mean(candidate) / mean(reference) x 100.
 Judges: any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, SGLang, `transformers serve`; the `openai`
 client retries 429 / 5xx / timeouts / resets with exponential backoff and honours `Retry-After`), or a local
 transformers model. A reply whose scores cannot be read is asked again, then recorded with an error and reported.
+A judge call that still fails is recorded with an error too; a few in a row (a server that is down) stop the run,
+naming the endpoint (`datagen.backend.CircuitBreaker`, as `llava-hf generate-instructions` stops). A rerun keeps
+the verdicts and judges again every question whose review is an error.
 """
 
 import json
 import logging
 import os
 import re
-from collections import defaultdict
+import tempfile
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import read_jsonl, repair_torn_tail
+from ..datagen.backend import BackendUnusable, CircuitBreaker, RequestFailed, TransientError
+from ..utils import index_rows, iter_jsonl, read_jsonl, repair_torn_tail, rows_by_id
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ REPLY_FORMAT = (
     "Assistant 1's then Assistant 2's, separated by a space. From the second line on, explain your judgement "
     "without letting the order of the answers or their length sway you."
 )
+# Judge calls in a row that fail (after the client's own retries) before the judge is taken for down: each one has
+# already waited through its backoff, so a few are proof enough, and stopping early saves minutes per question.
+STOP_AFTER_FAILURES = 3
 _SCORES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[ ,]\s*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -90,7 +98,11 @@ def parse_scores(reply: str) -> tuple[float, float] | None:
 
 # -- judges ----------------------------------------------------------------------------------------------------------
 class OpenAIJudge:
-    """Any OpenAI-compatible Chat Completions endpoint. The key comes from the environment (`api_key_env`)."""
+    """Any OpenAI-compatible Chat Completions endpoint. The key comes from the environment (`api_key_env`).
+
+    A call that fails after the client's retries raises the data engine's errors (`datagen.backend`), so that
+    `review` tells a server that is down (`TransientError`) from a refused key or an unknown model
+    (`BackendUnusable`) and from one bad request (`RequestFailed`)."""
 
     def __init__(
         self,
@@ -105,6 +117,7 @@ class OpenAIJudge:
         from openai import OpenAI
 
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self.api_key_env = api_key_env
         self.client = OpenAI(
             base_url=base_url,
             api_key=os.environ.get(api_key_env) or "EMPTY",  # local servers take any key
@@ -116,10 +129,29 @@ class OpenAIJudge:
     def name(self) -> str:
         return self.model
 
+    @property
+    def endpoint(self) -> str:
+        return str(self.client.base_url).rstrip("/")
+
     def __call__(self, messages: list[dict[str, str]]) -> str:
-        response = self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens
-        )
+        import openai
+
+        from ..datagen.openai_compatible import http_error
+
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens
+            )
+        except openai.APIStatusError as error:
+            raise http_error(
+                error.status_code,
+                str(error.message)[:300],
+                self.endpoint,
+                key_fix=f"set ${self.api_key_env} (or pass --judge-key-env NAME) to a valid key",
+                url_fix=f"check --judge-base-url (it should end in /v1) and --judge-model {self.model!r}",
+            ) from error
+        except openai.APIConnectionError as error:  # refused, reset or timed out (a timeout is a subclass)
+            raise TransientError("connection", f"{type(error).__name__}: {error}") from error
         return response.choices[0].message.content or ""
 
 
@@ -147,40 +179,143 @@ class TransformersJudge:
 # -- reviewing -------------------------------------------------------------------------------------------------------
 @dataclass
 class ReviewReport:
+    """What one `review` call did. `unparseable` replies had no readable scores; `failed` judge calls raised after
+    their retries; both are written with an `error` and judged again by the next run, as `retried` counts."""
+
     reviewed: int = 0
     skipped_existing: int = 0
+    retried: int = 0
     unparseable: int = 0
-    unparseable_ids: list[str] | None = None
+    unparseable_ids: list[str] = field(default_factory=list)
+    failed: int = 0
+    failed_ids: list[str] = field(default_factory=list)
 
 
-def _by_id(rows: Iterable[dict], key: str = "question_id") -> dict[str, dict]:
-    return {str(row[key]): row for row in rows}
+def is_verdict(row: dict) -> bool:
+    """Whether a review row holds the judge's two scores (not an error row, nor the [-1, -1] of an unreadable reply)."""
+    scores = row.get("tuple")
+    return (
+        not row.get("error")
+        and isinstance(scores, (list, tuple))
+        and len(scores) == 2
+        and all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in scores)
+    )
+
+
+def _indexed(rows: Iterable[dict] | str | Path, name: str) -> dict[str, dict]:
+    """Rows by question_id from a JSONL file or from rows: one question_id on two rows is refused naming the file
+    (or `name`, for rows passed from Python) and both line numbers, as for any answers file."""
+    if isinstance(rows, (str, Path)):
+        return rows_by_id(rows)
+    return index_rows(enumerate(rows, start=1), name, unit="row")
+
+
+def read_verdicts(reviews_file: str | Path) -> dict[str, dict]:
+    """question_id -> review row with readable scores, from a reviews file (none if it does not exist). Error rows
+    are left out; two verdicts for one question are refused naming the file and both lines."""
+    reviews_file = Path(reviews_file)
+    if not reviews_file.is_file():
+        return {}
+    return index_rows(
+        ((number, row) for number, row in iter_jsonl(reviews_file) if isinstance(row, dict) and is_verdict(row)),
+        str(reviews_file),
+    )
+
+
+def missing_reviews(questions: Iterable[dict] | str | Path, reviews_file: str | Path) -> dict[str, str]:
+    """question_id -> why it has no verdict in `reviews_file`: the error recorded for it, or `not judged yet`."""
+    reviews_file = Path(reviews_file)
+    errors = {}
+    if reviews_file.is_file():
+        for _, row in iter_jsonl(reviews_file, skip_torn_tail=True):
+            if isinstance(row, dict) and "question_id" in row and not is_verdict(row):
+                errors[str(row["question_id"])] = str(
+                    row.get("error") or f"no readable scores: tuple {row.get('tuple')}"
+                )
+    verdicts = read_verdicts(reviews_file)
+    return {qid: errors.get(qid, "not judged yet") for qid in _indexed(questions, "questions") if qid not in verdicts}
+
+
+def describe_missing(missing: dict[str, str], most: int = 3) -> str:
+    """`2: judge call failed: HTTP 500: ...; 1: not judged yet`: the reasons with their counts, the most common
+    first."""
+    counts = Counter(reason if len(reason) <= 160 else reason[:157] + "..." for reason in missing.values())
+    parts = [f"{n}: {reason}" for reason, n in counts.most_common(most)]
+    if len(counts) > most:
+        parts.append(f"{sum(n for _, n in counts.most_common()[most:])} for other reasons")
+    return "; ".join(parts)
+
+
+def _drop_error_rows(reviews_file: Path) -> int:
+    """Rewrite `reviews_file` without its error rows, so that their questions are judged again and the file keeps
+    one row per question; returns how many were dropped. The new file replaces the old in one rename, so a kill
+    leaves one or the other, never a mix."""
+    rows = [row for _, row in iter_jsonl(reviews_file)]
+    kept = [row for row in rows if isinstance(row, dict) and is_verdict(row)]
+    if len(kept) == len(rows):
+        return 0
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=reviews_file.parent, prefix=reviews_file.name, suffix=".tmp", delete=False
+    ) as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+    os.replace(handle.name, reviews_file)
+    return len(rows) - len(kept)
 
 
 def review(
     judge: Callable[[list[dict[str, str]]], str],
-    questions: list[dict],
-    contexts: list[dict],
-    references: list[dict],
-    candidates: list[dict],
+    questions: list[dict] | str | Path,
+    contexts: list[dict] | str | Path,
+    references: list[dict] | str | Path,
+    candidates: list[dict] | str | Path,
     reviews_file: str | Path,
     attempts: int = 3,
     progress: bool = True,
+    stop_after_failures: int = STOP_AFTER_FAILURES,
 ) -> ReviewReport:
-    """Judge every question into `reviews_file` (JSONL, appended; questions reviewed already are skipped)."""
+    """Judge every question into `reviews_file` (JSONL, appended). Questions, references and candidates are rows or
+    JSONL files; one question_id on two rows of any of them is refused (`ValueError` naming the file or argument and
+    both rows) before anything is judged. Questions with a verdict already are skipped; rows recorded with an error
+    by an earlier run are dropped and judged again.
+
+    A reply without readable scores is asked again, up to `attempts` times. A judge call that raises
+    `TransientError` (`OpenAIJudge`, after its client's retries) is not: it is recorded with an error, and
+    `stop_after_failures` of them in a row raise `BackendUnusable` naming the judge's endpoint and how many questions
+    have a verdict. `BackendUnusable` from the judge (a refused key, an unknown model) stops at once, saying the same.
+    """
     from tqdm.auto import tqdm
 
+    questions = list(_indexed(questions, "questions").values())
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}.")
+    if isinstance(contexts, (str, Path)):
+        contexts = read_jsonl(contexts)
     context_by_image = {str(c.get("image")): c for c in contexts}
-    refs, cands = _by_id(references), _by_id(candidates)
+    refs, cands = _indexed(references, "references"), _indexed(candidates, "candidates")
     reviews_file = Path(reviews_file)
     if repair_torn_tail(reviews_file):  # a kill mid-write: that question is judged again
         logger.warning(
             "%s: cut an incomplete last line left by a killed run; its question is judged again.", reviews_file
         )
-    done = {str(r["question_id"]) for r in read_jsonl(reviews_file)} if reviews_file.is_file() else set()
-    report = ReviewReport(unparseable_ids=[])
+    report = ReviewReport()
+    if reviews_file.is_file():
+        report.retried = _drop_error_rows(reviews_file)
+        if report.retried:
+            logger.info("%s: %d reviews were errors; judging their questions again.", reviews_file, report.retried)
+    done = set(read_verdicts(reviews_file))
+    url = getattr(judge, "endpoint", None)
+    endpoint = f"judge {url}" if url else f"judge {getattr(judge, 'name', judge)!r}"
+    breaker = CircuitBreaker(stop_after_failures, endpoint)
+
+    def resume() -> str:
+        judged = sum(str(q["question_id"]) in done for q in questions)
+        return (
+            f"{judged} of {len(questions)} questions have a review in {reviews_file}; run the same command again "
+            "to judge the rest (reviewed questions are kept)."
+        )
+
     with reviews_file.open("a", encoding="utf-8") as out:
-        for question in tqdm(questions, desc="judging", disable=not progress):
+        for position, question in enumerate(tqdm(questions, desc="judging", disable=not progress), start=1):
             qid = str(question["question_id"])
             if qid in done:
                 report.skipped_existing += 1
@@ -198,19 +333,30 @@ def review(
                 cands[qid]["text"],
                 category,
             )
-            content, scores, problem = "", None, ""
+            content, scores, problem, answered, down, asked, repeatable = "", None, "", False, False, 0, True
             for _ in range(attempts):
+                asked += 1
                 try:
                     content = judge(messages)
-                except Exception as error:  # noqa: BLE001 - a failed call (after the client's own retries) is retried here, then reported
-                    content, problem = "", f"{type(error).__name__}: {error}"
+                except BackendUnusable as error:
+                    where = "" if url and url in str(error) else f"{endpoint}: "
+                    raise BackendUnusable(f"{where}{str(error).rstrip('. ')}. {resume()}") from error
+                except (TransientError, RequestFailed) as error:
+                    # The client has retried this with backoff already: asking again here would multiply the wait
+                    # (minutes per question on a dead server) for an answer that will not come.
+                    content, problem = "", f"judge call failed: {error}"
+                    down, repeatable = isinstance(error, TransientError), False
+                    break
+                except Exception as error:  # noqa: BLE001 - any other judge failure is retried here, then reported
+                    content, problem = "", f"judge call failed: {type(error).__name__}: {error}"
                     continue
+                answered = True
                 scores = parse_scores(content)
                 if scores is not None:
                     break
                 problem = "no two 1-10 scores on the first line"
             row = {
-                "id": report.reviewed + report.skipped_existing + 1,
+                "id": position,
                 "question_id": question["question_id"],
                 "answer1_id": refs[qid].get("answer_id"),
                 "answer2_id": cands[qid].get("answer_id"),
@@ -219,14 +365,26 @@ def review(
                 "tuple": list(scores) if scores else [-1.0, -1.0],
             }
             if scores is None:
-                row["error"] = f"{problem} (after {attempts} attempts)"
-                report.unparseable += 1
-                report.unparseable_ids.append(qid)
+                row["error"] = f"{problem} (after {asked} attempts)" if repeatable else problem
+                if answered:
+                    report.unparseable += 1
+                    report.unparseable_ids.append(qid)
+                else:
+                    report.failed += 1
+                    report.failed_ids.append(qid)
+            else:
+                done.add(qid)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             report.reviewed += 1
+            if answered:
+                breaker.success()
+            elif down:
+                breaker.failure(problem, resume())
     if report.unparseable:
         logger.warning("%d judge replies had no readable scores: %s", report.unparseable, report.unparseable_ids)
+    if report.failed:
+        logger.warning("%d judge calls failed: %s", report.failed, report.failed_ids)
     return report
 
 
@@ -236,10 +394,10 @@ def summarize(reviews: Iterable[dict]) -> dict[str, Any]:
     scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
     excluded = 0
     for row in reviews:
-        reference, candidate = row["tuple"]
-        if reference < 0 or candidate < 0:
+        if not is_verdict(row):
             excluded += 1
             continue
+        reference, candidate = row["tuple"]
         category = category_of(row)
         scores[category].append((reference, candidate))
         scores["all"].append((reference, candidate))

@@ -17,7 +17,7 @@ import torch
 
 from ..data.collator import clean_message
 from ..data.images import blank_like, load_image
-from ..data.llava_format import iter_llava_file, split_at_images
+from ..data.llava_format import image_path, iter_llava_file, split_at_images
 from ..data.scienceqa import LETTER_PROMPT
 from ..generation import GenerationSettings
 from ..utils import iter_jsonl, repair_torn_tail, rows_by_id
@@ -50,10 +50,11 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
         root = Path(image_root) if image_root is not None else Path(".")
         records = source
     questions = []
-    for record in records:
+    for number, record in enumerate(records, start=1):
         images = record.get("image")
         images = [] if images is None else [images] if isinstance(images, str) else list(images)
-        paths = [str(root / name) for name in images]
+        where = f"question {record.get('question_id', record.get('id'))!r} (record {number})"
+        paths = [image_path(root, name, f"{where} image {i}") for i, name in enumerate(images)]
         if "messages" in record:  # a row of llava_hf.data.load_llava_dataset (TRL's conversational layout)
             user = next(m for m in record["messages"] if m["role"] == "user")
             answer = next((m for m in record["messages"] if m["role"] == "assistant"), None)

@@ -12,40 +12,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..training_record import TRAINING_RECORD, load_training_history  # noqa: F401 - TRAINING_RECORD: hub.cards re-exports it
 from ..utils import is_hub_id, validate_hub_id
 from .rendering import CardError, render_template, table_cell, validate_card
 
 logger = logging.getLogger(__name__)
 
-TRAINING_RECORD = "llava_hf_training.json"
 # What `vision_model: offline-default` stands for, as Hub ids (see `llava_hf.backbones`).
 OFFLINE_DEFAULT_BASES = ["timm/tf_efficientnet_lite0.in1k", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 MODEL_TAGS = ["llava", "llava_hf", "image-text-to-text", "vision-language", "custom_code"]
 
 
 # -- the checkpoint -------------------------------------------------------------------------------------------------
-def load_training_history(model_dir: str | Path, max_depth: int = 8) -> list[dict[str, Any]]:
-    """The training records of a checkpoint and of the checkpoints it started from, oldest stage first.
-
-    A stage-2 record names its starting point in `model_args.model_name_or_path`; when that is a local folder with
-    its own record, that record is read too (up to `max_depth` links).
-    """
-    history, folder, seen = [], Path(model_dir), set()
-    while folder is not None and len(history) < max_depth:
-        path = folder / TRAINING_RECORD
-        if not path.is_file() or path.resolve() in seen:
-            break
-        seen.add(path.resolve())
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise CardError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from error
-        history.append(record)
-        parent = (record.get("model_args") or {}).get("model_name_or_path")
-        folder = Path(parent) if parent and Path(parent).is_dir() else None
-    return history[::-1]
-
-
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():

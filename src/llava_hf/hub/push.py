@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils import validate_hub_id
 from .dataset_card import prompt_types as count_prompt_types
 from .dataset_card import render_dataset_card
 from .model_card import read_config, render_model_card, safetensors_shapes
@@ -95,11 +96,9 @@ def _files(folder: Path, ignore: list[str]) -> list[Path]:
 def check_repo_id(repo_id: str) -> str:
     """`namespace/name` or a bare `name` (the login's namespace), by `huggingface_hub`'s rules; checked before
     anything is read or rendered, so that `--dry-run` fails where the push would."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
+        validate_hub_id(repo_id, allow_bare_name=True)
+    except ValueError as error:
         raise ValueError(f"{repo_id!r} is not a Hub repo id: {error} Use namespace/name or name.") from error
     return repo_id
 
