@@ -6,9 +6,10 @@ the evaluation) gives the same features twice. `attach(model, directory)` makes 
 
 - the key of an image is the hash of its pixel tensor, as the model receives it (so a different crop, resize or
   augmentation is a different entry, never a stale one), under a folder named after the tower: its config, its
-  weights, the feature selection (`vision_feature_layer`, `vision_feature_select_strategy`,
-  `vision_feature_pool_size`), and the precision and device type the features are computed in (bf16 autocast on a
-  CPU gives other numbers than float32 on a GPU);
+  weights (read when the cache is attached: a tower changed afterwards needs a new `attach`), the feature selection
+  (`vision_feature_layer`, `vision_feature_select_strategy`, `vision_feature_pool_size`), the versions of torch,
+  transformers and timm, and the precision and device type the features are computed in (bf16 autocast on a CPU
+  gives other numbers than float32 on a GPU, so an evaluation without autocast does not read training's entries);
 - what is stored is the tower's selected feature tokens before the projector (which trains), one safetensors file
   per image, written beside and renamed into place, so concurrent processes (DDP ranks) and a killed run never leave
   a half-written entry;
@@ -16,14 +17,15 @@ the evaluation) gives the same features twice. `attach(model, directory)` makes 
   default (bf16, 3x3 pooled), 576 x 1,024 x 2 = 1.2 MB for CLIP ViT-L/14 at 336 px (bf16), so ~650 GB for
   LLaVA-1.5's 558K stage-1 images; `VisionFeatureCache.stats()` reports what was read, computed and written.
 
-Only a frozen tower is cached: when the tower trains, or pixels require grad, the model computes as usual.
+Only features that need no autograd graph are cached (a frozen tower in training, any tower under `torch.no_grad`):
+when the tower trains, or pixels require grad, the model computes as usual. Not for a sharded tower (ZeRO-3, FSDP).
 """
 
 import hashlib
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,30 +49,46 @@ class VisionFeatureCache:
         """The features of `pixel_values` `(num_images, ...)`: read where stored, `compute(missing pixels)` for the
         rest (stored for next time), in the images' order."""
         folder = self.directory / f"{self.tower_key}-{_compute_precision(pixel_values.device)}"
-        keys = [_content_key(image) for image in pixel_values]
+        on_cpu = pixel_values.detach().to("cpu")  # one copy for the whole batch (one sync on a GPU)
+        keys = [_content_key(image) for image in on_cpu]
         paths = [folder / key[:2] / f"{key}.safetensors" for key in keys]
-        features: list[torch.Tensor | None] = [None] * len(keys)
-        for index, path in enumerate(paths):
-            if path.is_file():
-                features[index] = load_file(path)["features"].to(pixel_values.device)
-        missing = [index for index, found in enumerate(features) if found is None]
-        self.hits += len(keys) - len(missing)
+        found: dict[str, torch.Tensor] = {}
+        for key, path in zip(keys, paths):
+            if key not in found and path.is_file():
+                stored = self._load(path)
+                if stored is not None:
+                    found[key] = stored.to(pixel_values.device)
+        # Each image not found is computed once, also when it comes several times in the batch (blank images).
+        first_of = {key: index for index, key in reversed(list(enumerate(keys))) if key not in found}
+        missing = sorted(first_of.values())
+        self.hits += sum(key in found for key in keys)
         self.misses += len(missing)
         if missing:
             computed = compute(pixel_values[missing])
             for row, index in enumerate(missing):
-                features[index] = computed[row]
+                found[keys[index]] = computed[row]
                 self._store(paths[index], computed[row])
-        return torch.stack(features)  # type: ignore[arg-type]
+        return torch.stack([found[key] for key in keys])
+
+    def _load(self, path: Path) -> torch.Tensor | None:
+        try:
+            return load_file(path)["features"]
+        except Exception as error:  # noqa: BLE001 - a damaged entry (a full disk, an edit) is computed again
+            logger.warning("vision feature cache: %s cannot be read (%s); computing it again.", path, error)
+            return None
 
     def _store(self, path: Path, features: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensor = features.detach().to("cpu").contiguous()
         self.bytes_per_image = tensor.numel() * tensor.element_size()
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as handle:
-            temporary = handle.name
-        save_file({"features": tensor}, temporary)
-        os.replace(temporary, path)  # another process may have stored the same entry: the contents are the same
+        # Written beside (with the umask's permissions, so a shared cache stays readable) and renamed: concurrent
+        # processes storing one entry store the same bytes, and a killed write never leaves a partial entry.
+        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file({"features": tensor}, temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
         self.bytes_written += path.stat().st_size
 
     def stats(self) -> dict[str, Any]:
@@ -104,10 +122,13 @@ def attach(model: torch.nn.Module, directory: str | Path) -> VisionFeatureCache:
     if inner is None:
         raise ValueError(f"vision_feature_cache needs a llava_hf model; got {type(model).__name__}.")
     tower = inner.vision_tower
-    if any(getattr(p, "ds_numel", None) is not None or type(p).__name__ == "DTensor" for p in tower.parameters()):
+    if any(
+        getattr(p, "ds_numel", None) is not None or type(p).__name__ == "DTensor" or p.device.type == "meta"
+        for p in tower.parameters()
+    ):
         raise ValueError(
-            "vision_feature_cache: the vision tower is sharded (ZeRO-3 / FSDP), so its weights, part of the cache "
-            "key, are not whole on any process; unset vision_feature_cache or train with ZeRO-2 / DDP."
+            "vision_feature_cache: the vision tower is sharded or not loaded in this process (ZeRO-3, FSDP), so its "
+            "weights, part of the cache key, are not here; unset vision_feature_cache or train with ZeRO-2 / DDP."
         )
     cache = VisionFeatureCache(directory, tower_key(inner))
     inner.vision_feature_cache = cache
@@ -128,6 +149,20 @@ def tower_key(model: torch.nn.Module) -> str:
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
         "vision_feature_pool_size": config.vision_feature_pool_size,
     }
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    # What computes the features: a persistent cache must not outlive an upgrade that changes them.
+    selection |= {
+        "format": FEATURE_FORMAT,
+        "versions": [torch.__version__, installed("transformers"), installed("timm")],
+        "vision_attn_implementation": getattr(config.vision_config, "_attn_implementation", None),
+    }
     digest.update(json.dumps(selection, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.vision_tower.state_dict().items()):
         digest.update(name.encode())
@@ -135,6 +170,8 @@ def tower_key(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# Bumped when what is stored changes (the selected features before the projector, one tensor named "features").
+FEATURE_FORMAT = 1
 _VOLATILE_CONFIG_KEYS = {
     "_name_or_path",
     "name_or_path",

@@ -311,8 +311,9 @@ class LlavaModel(LlavaPreTrainedModel):
         # checkpointing's `enable_input_require_grads` hook on the tower's patch embedding would make every tower
         # activation require grad: kept for backward, recomputed, and back-propagated for nothing.
         needs_grad = pixel_values.requires_grad or self.vision_tower_is_trainable()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
-            if self.vision_feature_cache is not None and not needs_grad:
+        grad = torch.is_grad_enabled() and needs_grad
+        with torch.set_grad_enabled(grad):
+            if self.vision_feature_cache is not None and not grad:  # features that need no autograd graph
                 selected = self.vision_feature_cache(pixel_values, self._vision_features)
             else:
                 selected = self._vision_features(pixel_values)

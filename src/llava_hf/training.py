@@ -272,6 +272,17 @@ def validate_recipe(
             "memory; under ZeRO-3 its weights are partitioned. Use ZeRO-2 (recipes/accelerate/zero2.yaml) or DDP for "
             "stage 1."
         )
+    if model_args.vision_feature_cache and training_args is not None:
+        zero3 = uses_deepspeed(training_args) and (
+            training_args.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
+        )
+        if zero3 or training_args.fsdp:
+            # A sharded tower is not whole on any process (its weights are part of the cache key), and a rank that
+            # reads its features skips the all-gathers the other ranks run: the collectives would not match.
+            raise RecipeError(
+                "vision_feature_cache needs the whole vision tower on every process; under ZeRO-3 or FSDP it is "
+                "sharded. Unset vision_feature_cache, or launch with DDP or ZeRO-2."
+            )
     if training_args is not None and model_args.dtype == "float16" and not uses_deepspeed(training_args):
         raise RecipeError(FLOAT16_WITHOUT_MASTER_COPY.format(what="dtype: float16 loads the trainable parameters"))
     if training_args is not None and uses_deepspeed(training_args):

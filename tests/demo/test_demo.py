@@ -239,7 +239,7 @@ def test_browser_shows_the_pixel_limit_message(demo_url, page, huge_image):
 
 # -- `llava-hf chat` ------------------------------------------------------------------------------------------------
 def test_terminal_chat_answers_questions_from_stdin(checkpoint, image, answer, tmp_path):
-    script = f"{QUESTION}\n/image {tmp_path / 'missing.png'}\n/frobnicate\n{'y' * 2001}\n".encode()
+    script = f"{QUESTION}\n/image {tmp_path / 'missing.png'}\n{QUESTION}\n/frobnicate\n{'y' * 2001}\n".encode()
     script += b"caf\xe9 in Latin-1?\n/quit\nnever asked\n"  # bytes that are not UTF-8: refused, the chat goes on
     command = [sys.executable, "-m", "llava_hf.cli", "chat", str(checkpoint), "--image", str(image)]
     command += ["--max-new-tokens", str(MAX_NEW_TOKENS)]
@@ -252,6 +252,8 @@ def test_terminal_chat_answers_questions_from_stdin(checkpoint, image, answer, t
     assert f"assistant> {answer}\n" in result.stdout, result.stdout
     assert result.stdout.count("assistant> ") == 1  # /quit stopped before "never asked"
     assert "error: The image missing.png was not found" in result.stdout
+    # Piped: the question after a failed /image is refused, not answered about an image that is not there.
+    assert "error: not answered: the image before it" in result.stdout
     assert "error: unknown command '/frobnicate'" in result.stdout
     assert "error: The message is 2,001 characters long; the limit is 2,000" in result.stdout
     assert "error: The message is not UTF-8 text (an undecodable byte at character 4)" in result.stdout

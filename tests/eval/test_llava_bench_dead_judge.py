@@ -164,3 +164,25 @@ def test_the_http_client_logs_no_line_per_request_unless_verbose(tmp_path, caplo
     with ScriptedServer([("ok", "8 4\n"), ("ok", "7 7\n"), ("ok", "9 3\n")]) as base_url:
         assert main(["-v", *bench_command(files, base_url, tmp_path / "again")]) == 0
     assert any(r.name.startswith("http") and "HTTP Request" in r.getMessage() for r in caplog.records)
+
+
+def test_verdicts_on_another_answers_file_are_judged_again_not_reused(tmp_path):
+    reviews = tmp_path / "reviews.jsonl"
+    review(lambda m: "8 4\n", QUESTIONS, CONTEXTS, REFERENCES, CANDIDATES, reviews, progress=False)
+    other_model = [{**c, "text": f"other {c['question_id']}", "answer_id": f"o{c['question_id']}"} for c in CANDIDATES]
+    again = review(lambda m: "8 8\n", QUESTIONS, CONTEXTS, REFERENCES, other_model, reviews, progress=False)
+    assert again.skipped_existing == 0 and again.retried == 3  # model A's scores are not filed under model B
+    rows = read_jsonl(reviews)
+    assert [row["answer2_id"] for row in rows] == ["o0", "o1", "o2"] and all(r["tuple"] == [8.0, 8.0] for r in rows)
+
+
+def test_an_incomplete_run_removes_the_results_of_an_earlier_one(tmp_path, capsys):
+    files = write_inputs(tmp_path)
+    out = tmp_path / "out"
+    with ScriptedServer([("ok", "8 4\n"), ("ok", "7 7\n"), ("ok", "9 3\n")]) as base_url:
+        assert main(bench_command(files, base_url, out)) == 0
+    assert (out / "results.json").exists()
+    other = [{**c, "answer_id": f"o{c['question_id']}"} for c in CANDIDATES]
+    files = write_inputs(tmp_path, candidates=other)
+    assert main(bench_command(files, dead_url(), out, "--judge-max-retries", "0", "--judge-timeout", "2")) == 1
+    assert not (out / "results.json").exists()  # no score left beside reviews it does not describe

@@ -86,8 +86,11 @@ def test_a_saved_and_reloaded_checkpoint_finds_the_same_entries(tmp_path):
 
     model = stage1_model()
     model.save_pretrained(tmp_path / "checkpoint")
-    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "checkpoint", attn_implementation="eager")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "checkpoint")
     assert tower_key(reloaded.model) == tower_key(model.model)  # stage 2 reads what stage 1 stored
+    # Another attention kernel rounds the tower's features differently: another entry.
+    eager = LlavaForConditionalGeneration.from_pretrained(tmp_path / "checkpoint", attn_implementation="eager")
+    assert tower_key(eager.model) != tower_key(model.model)
 
 
 def test_a_training_tower_is_never_cached(tmp_path):
@@ -109,3 +112,31 @@ def test_attach_finds_the_model_inside_a_peft_wrapper(tmp_path):
     assert isinstance(cache, VisionFeatureCache) and installed_cache(wrapped) is cache
     with pytest.raises(ValueError, match="needs a llava_hf model"):
         attach(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_inference_reads_the_cache_whatever_requires_grad_says(tmp_path):
+    """A checkpoint loaded for evaluation keeps requires_grad=True on every weight; under no_grad the features need no
+    graph, so they are cached all the same (`llava-hf eval --vision-feature-cache`)."""
+    model = LlavaModelTester().get_model()
+    assert model.model.vision_tower_is_trainable()
+    cache = attach(model, tmp_path)
+    pixels = LlavaModelTester().prepare_inputs(batch_size=1)["pixel_values"]
+    same_twice = torch.cat([pixels, pixels])  # a batch of blanks: one computation, one entry
+    with torch.no_grad():
+        first = model.model.get_image_features(same_twice)
+        again = model.model.get_image_features(same_twice)
+    assert (cache.misses, cache.hits) == (1, 2) and len(list(tmp_path.rglob("*.safetensors"))) == 1
+    torch.testing.assert_close(first, again)
+
+
+def test_a_damaged_entry_is_computed_again(tmp_path, caplog):
+    model = stage1_model()
+    cache = attach(model, tmp_path)
+    pixels = LlavaModelTester().prepare_inputs(batch_size=1)["pixel_values"]
+    with torch.no_grad():
+        expected = model.model.get_image_features(pixels)
+        (entry,) = tmp_path.rglob("*.safetensors")
+        entry.write_bytes(b"")  # a full disk, a killed copy
+        got = model.model.get_image_features(pixels)
+    torch.testing.assert_close(got, expected)
+    assert cache.misses == 2 and str(entry) in caplog.text

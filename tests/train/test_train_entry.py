@@ -199,3 +199,17 @@ def test_the_recipes_pad_to_multiple_of_reaches_the_collator(tmp_path, padding_f
     batch = collator([sample, sample])
     assert batch["input_ids"].shape[-1] % 16 == 0
     assert (batch["labels"] != -100).any()
+
+
+@pytest.mark.parametrize("launch", [{"fsdp": "full_shard"}, {"zero": 3}])
+def test_the_feature_cache_is_refused_where_the_tower_is_sharded(tmp_path, launch):
+    from types import SimpleNamespace
+
+    from llava_hf.training import validate_recipe
+
+    zero = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
+    plugin = SimpleNamespace(deepspeed_config=zero) if "zero" in launch else None
+    training_args = SimpleNamespace(fsdp=launch.get("fsdp", ""), deepspeed_plugin=plugin)
+    model_args = LlavaModelArguments(vision_model="v", language_model="l", vision_feature_cache=str(tmp_path))
+    with pytest.raises(RecipeError, match="vision_feature_cache needs the whole vision tower"):
+        validate_recipe(model_args, LlavaDataArguments(), training_args)

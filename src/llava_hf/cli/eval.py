@@ -21,8 +21,9 @@ def _generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> No
     parser.add_argument(
         "--vision-feature-cache",
         metavar="DIR",
-        help="read the frozen vision tower's features from DIR for images computed before, and store the others "
-        "(the folder a training run's vision_feature_cache wrote; entries are keyed by image, tower and precision)",
+        help="store the vision tower's features of each image in DIR and read them back when the image comes again "
+        "(a rerun, the blind pass's blank image); entries are keyed by image, tower and precision, so a float32 or "
+        "bf16 evaluation does not read a training run's bf16-autocast entries",
     )
 
 
@@ -184,10 +185,14 @@ def run_llava_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)  # reviews and results go there, also when the answers come from a file
     answers = Path(args.answers) if args.answers else out / "answers.jsonl"
     settings = generation_settings(args)
+    answered_with = {}
     if not args.answers:
         model, processor = load_model(args)
+        answered_with = ran_with(model)
         questions = load_questions(args.questions, args.image_root)
         run_inference(model, processor, questions, answers, settings, Path(args.model).name)
+    # A results.json of an earlier run would sit beside reviews it no longer describes if this one stops short.
+    (out / "results.json").unlink(missing_ok=True)
     if args.judge_local:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -229,7 +234,7 @@ def run_llava_bench(args: argparse.Namespace) -> int:
         return 1
     metrics = summarize(verdicts[qid] for qid in question_ids)
     data = {"questions": args.questions, "context": args.context, "reference": args.reference, "answers": answers}
-    judged_with = settings.to_dict() | {"judge": judge.name, "judge_base_url": args.judge_base_url}
+    judged_with = settings.to_dict() | answered_with | {"judge": judge.name, "judge_base_url": args.judge_base_url}
     path = write_results(
         make_results("llava-bench", args.model or "answers-file", data, judged_with, metrics), out / "results.json"
     )

@@ -110,8 +110,9 @@ def record_location(source: str, number: int, record: dict) -> str:
 def image_path(root: str | Path, name: str, where: str) -> str:
     """The one rule for a record's image path, in `data check`, `data convert`, training and evaluation: a relative
     path is read under the image root; an absolute path is read as it is (the original LLaVA's `os.path.join` does the
-    same); a relative path whose `..` leads out of the image root is refused (`RecordError` naming the record), as a
-    mistyped path or one that would read files the dataset does not own."""
+    same); a relative path is relative to the image root and must stay in it: one whose `..` leads out of the root
+    is refused (`RecordError` naming the record), as it almost always means a root set one folder too deep; where the
+    images really live elsewhere, an absolute path says so."""
     if os.path.isabs(name):
         return name
     if os.path.normpath(name).split(os.sep, 1)[0] == os.pardir:
@@ -279,16 +280,18 @@ def _rows(
                 row = llava_record_to_row(record, where)
                 if stage == "plain":
                     row = to_plain(row, where)
-                paths = [image_path(root, name, f"{where} image {i}") for i, name in enumerate(row["image_files"])]
+                image_paths = [
+                    image_path(root, name, f"{where} image {i}") for i, name in enumerate(row["image_files"])
+                ]
                 if check_image_files:
-                    for index, image in enumerate(paths):
+                    for index, image in enumerate(image_paths):
                         _check_image_file(image, f"{where} image {index}")
             except RecordError as error:
                 if on_error == "raise":
                     raise
                 report.skip(type(error).__name__ if not str(error) else problem_kind(str(error)), str(error))
                 continue
-            row["images"] = [{"path": path, "bytes": None} for path in paths]
+            row["images"] = [{"path": path, "bytes": None} for path in image_paths]
             report.rows_written += 1
             yield row
 
@@ -369,7 +372,8 @@ def load_llava_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     # Named after the inputs, so converting the same files again replaces the earlier copy instead of adding one per
     # run; written beside it and renamed, so a process still reading the earlier copy keeps it whole.
-    options = (image_root and str(Path(image_root).resolve()), stage, on_error, check_image_files)
+    # The rows hold the image paths as given (root + name), so the root and the files as given are part of the name.
+    options = (paths, None if image_root is None else str(image_root), stage, on_error, check_image_files)
     arrow_path = folder / f"llava-{_inputs_key(paths, options)}.arrow"
     partial = arrow_path.with_name(f"{arrow_path.name}.{uuid.uuid4().hex}.partial")
     rows = tqdm(

@@ -27,6 +27,9 @@ def run_terminal_chat(
     interactive = stdin.isatty()
     pending = [open_image(path, limits) for path in images]  # fails before the chat starts, naming the image
     messages, conversation_images, answered = [], [], 0
+    # Piped input cannot react to a failed /image: the questions after it are refused until an image is added or the
+    # conversation reset, rather than answered about an image that is not there.
+    failed_image: str | None = None
     stdout.write(f"llava-hf chat with {chat.name}; {len(pending)} image(s) attached. {HELP}\n")
     stdout.flush()
     while True:
@@ -43,19 +46,29 @@ def run_terminal_chat(
             if line in ("/quit", "/exit"):
                 break
             if line == "/reset":
-                messages, conversation_images, pending = [], [], []
+                messages, conversation_images, pending, failed_image = [], [], [], None
                 stdout.write("(new conversation)\n")
                 continue
             if line.startswith("/image"):
                 path = line[len("/image") :].strip()
                 if len(conversation_images) + len(pending) >= limits.max_images:
                     raise InputError(f"at most {limits.max_images} images per conversation; /reset to start over.")
-                pending.append(open_image(path, limits))
+                try:
+                    pending.append(open_image(path, limits))
+                except InputError:
+                    failed_image = None if interactive else path
+                    raise
+                failed_image = None
                 stdout.write(f"(image {Path(path).name} added to the next question)\n")
                 continue
             if line.startswith("/"):
                 raise InputError(f"unknown command {line.split()[0]!r}. {HELP}")
             question = check_text(line, limits)
+            if failed_image is not None:
+                raise InputError(
+                    f"not answered: the image before it ({failed_image}) could not be opened; add it again with "
+                    "/image PATH or start over with /reset."
+                )
         except InputError as error:
             stdout.write(f"error: {error}\n")
             stdout.flush()

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -246,19 +246,30 @@ def describe_missing(missing: dict[str, str], most: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _drop_error_rows(reviews_file: Path) -> int:
-    """Rewrite `reviews_file` without its error rows, so that their questions are judged again and the file keeps
-    one row per question; returns how many were dropped. The new file replaces the old in one rename, so a kill
-    leaves one or the other, never a mix."""
+def _drop_error_rows(reviews_file: Path, answer_ids: dict[str, tuple[Any, Any]]) -> int:
+    """Rewrite `reviews_file` without its error rows and without verdicts on answers that are not the current ones
+    (`answer_ids`: question_id -> the reference's and the candidate's `answer_id`; a verdict on an earlier answers
+    file names other ids), so that those questions are judged again and the file keeps one row per question;
+    returns how many were dropped. The new file replaces the old in one rename, so a kill leaves one or the other."""
     rows = [row for _, row in iter_jsonl(reviews_file)]
-    kept = [row for row in rows if isinstance(row, dict) and is_verdict(row)]
+
+    def current(row: Any) -> bool:
+        if not isinstance(row, dict) or not is_verdict(row):
+            return False
+        now = answer_ids.get(str(row.get("question_id")), (None, None))
+        then = (row.get("answer1_id"), row.get("answer2_id"))
+        return all(a is None or b is None or a == b for a, b in zip(now, then))
+
+    kept = [row for row in rows if current(row)]
     if len(kept) == len(rows):
         return 0
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=reviews_file.parent, prefix=reviews_file.name, suffix=".tmp", delete=False
-    ) as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
-    os.replace(handle.name, reviews_file)
+    temporary = reviews_file.with_name(f"{reviews_file.name}.{uuid.uuid4().hex}.tmp")  # the umask's permissions
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+        os.replace(temporary, reviews_file)
+    finally:
+        temporary.unlink(missing_ok=True)
     return len(rows) - len(kept)
 
 
@@ -299,9 +310,14 @@ def review(
         )
     report = ReviewReport()
     if reviews_file.is_file():
-        report.retried = _drop_error_rows(reviews_file)
+        answer_ids = {qid: (refs[qid].get("answer_id"), cands[qid].get("answer_id")) for qid in cands if qid in refs}
+        report.retried = _drop_error_rows(reviews_file, answer_ids)
         if report.retried:
-            logger.info("%s: %d reviews were errors; judging their questions again.", reviews_file, report.retried)
+            logger.info(
+                "%s: %d reviews were errors or judged other answers; judging their questions again.",
+                reviews_file,
+                report.retried,
+            )
     done = set(read_verdicts(reviews_file))
     url = getattr(judge, "endpoint", None)
     endpoint = f"judge {url}" if url else f"judge {getattr(judge, 'name', judge)!r}"

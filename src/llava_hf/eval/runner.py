@@ -63,7 +63,8 @@ def load_questions(source: str | Path | Iterable[dict], image_root: str | Path |
             extra = json.loads(record.get("metadata") or "{}")
             if answer is not None:
                 extra["answer"] = "".join(p.get("text") or "" for p in answer["content"])
-            questions.append(Question(str(record["id"]), parts, [str(root / f) for f in files], extra))
+            files = [image_path(root, name, f"{where} image {i}") for i, name in enumerate(files)]
+            questions.append(Question(str(record["id"]), parts, files, extra))
             continue
         if "conversations" in record:
             human = record["conversations"][0]["value"]
