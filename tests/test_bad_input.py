@@ -338,3 +338,28 @@ def test_converting_the_same_files_again_leaves_one_cached_copy(tmp_path):
     path.write_text(json.dumps([record, {**record, "id": "2"}]))  # an edited file is another conversion
     dataset, _ = load_llava_dataset(path, cache_dir=str(cache), progress=False)
     assert len(dataset) == 2 and len(list((cache / "llava_hf").iterdir())) == 2
+
+
+def test_eval_names_a_folder_that_is_not_an_image_text_model(tmp_path, capsys):
+    folder = tmp_path / "a_text_model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    questions = tmp_path / "q.json"
+    questions.write_text("[]")
+    assert (
+        main(
+            [
+                "eval",
+                "scienceqa",
+                "--model",
+                str(folder),
+                "--questions",
+                str(questions),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"{folder}: its config.json says model_type 'bert'" in err and "Config, " not in err  # no list of classes

@@ -3,6 +3,7 @@ results.json and print the scores."""
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ._args import add_command, add_dataclass_arguments, add_device_arguments, dataclass_from_args
@@ -108,11 +109,20 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..registration import register
-    from ..utils import load_pretrained
+    from ..utils import load_pretrained, read_config
 
     if not args.model:
         raise ValueError("--model is required to generate answers.")
     register()
+    if Path(args.model).is_dir():  # a local folder: say what it is before transformers lists every class it knows
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        model_type = read_config(args.model).get("model_type")
+        if model_type != "llava_hf" and model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            raise ValueError(
+                f"{args.model}: its config.json says model_type {model_type!r}, not an image-text-to-text model; "
+                "pass a llava-hf checkpoint (a stage-2 output folder, e.g. outputs/quickstart/stage2)."
+            )
     model = load_pretrained(AutoModelForImageTextToText, args.model, device=args.device, dtype=args.dtype)
     if args.vision_feature_cache:
         from ..feature_cache import attach
