@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -73,7 +74,13 @@ def load_state_dict(src: Path, allow_bin: bool = False) -> dict[str, torch.Tenso
     if files:
         state: dict[str, torch.Tensor] = {}
         for file in files:
-            state.update(load_file(file))
+            try:
+                state.update(load_file(file))
+            except (SafetensorError, OSError) as error:
+                raise ConversionError(
+                    f"{file} is not a readable safetensors file ({error}): truncated or corrupted; download or save "
+                    "it again."
+                ) from error
         return state
     bins = sorted(src.glob("pytorch_model*.bin"))
     if not bins:
@@ -491,6 +498,10 @@ def convert(
             f"--image-processor-backend must be one of {list(IMAGE_PROCESSOR_BACKENDS)}, got {image_processor_backend!r}."
         )
     layout = detect_layout(src)
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir())):
+        # Writing into it would mix two checkpoints' files (a sharded index beside a single weights file loads
+        # neither) or overwrite what is there.
+        raise ConversionError(f"{dst} exists and is not an empty folder; choose a new (or empty) output folder.")
     # Options that would otherwise be ignored without a word.
     if to == "hf-llava" and image_processor_backend is not None:
         raise ConversionError(

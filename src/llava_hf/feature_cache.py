@@ -121,6 +121,8 @@ def attach(model: torch.nn.Module, directory: str | Path) -> VisionFeatureCache:
     inner = _llava_model(model)
     if inner is None:
         raise ValueError(f"vision_feature_cache needs a llava_hf model; got {type(model).__name__}.")
+    if Path(directory).exists() and not Path(directory).is_dir():  # else the first store fails, mid-run
+        raise ValueError(f"vision_feature_cache {directory} is a file; give a folder (created when missing).")
     tower = inner.vision_tower
     if any(
         getattr(p, "ds_numel", None) is not None or type(p).__name__ == "DTensor" or p.device.type == "meta"

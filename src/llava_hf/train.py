@@ -59,6 +59,7 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     from .data.collator import format_stats
     from .grounding import ImageGainCallback, hold_out_rows, write_training_curves
     from .training import (
+        RecipeError,
         calibrate_projector_input,
         load_model_for_stage,
         make_trainer_class,
@@ -70,6 +71,26 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
     validate_recipe(model_args, data_args, training_args)
     resolve_precision(training_args)  # the recipe's bf16/fp16 run, whatever the launcher's mixed_precision says
 
+    # Dataset first, before the model is loaded: a bad record or an empty file fails in seconds, not after the load.
+    # LLaVA JSON -> TRL's conversational format (stage 1 keeps the caption only: `plain`).
+    stage = "plain" if model_args.stage == "1" else "chat"
+    dataset, report = load_llava_dataset(
+        data_args.train_files,
+        data_args.image_root,
+        stage=stage,
+        on_error="skip" if data_args.skip_bad_records else "raise",
+    )
+    if len(dataset) == 0:
+        raise RecipeError(
+            f"train_files {', '.join(map(str, data_args.train_files))}: no rows to train on ({report.summary()})."
+        )
+    # The grounding meter's rows (image_gain in the logs): grounding_files, or the last rows with an image, held out.
+    dataset, held_out = hold_out_rows(dataset, data_args, stage, "skip" if data_args.skip_bad_records else "raise")
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    # Images are opened by the collator (errors name the sample), not decoded by datasets.
+    dataset = dataset.cast_column("images", dataset.features["images"].__class__(_image_feature(decode=False)))
+
     # Model: stage 1 builds vision encoder + fresh projector + LM; stage 2 loads the stage-1 checkpoint. `dtype: auto`
     # loads float32 master weights (under DeepSpeed: the autocast dtype; DeepSpeed keeps the float32 copy).
     model, processor = load_model_for_stage(model_args, training_args)
@@ -78,20 +99,6 @@ def main(model_args: LlavaModelArguments, data_args: LlavaDataArguments, trainin
 
         attach(model, model_args.vision_feature_cache)
 
-    # Dataset: LLaVA JSON -> TRL's conversational format (stage 1 keeps the caption only: `plain`).
-    stage = "plain" if model_args.stage == "1" else "chat"
-    dataset, report = load_llava_dataset(
-        data_args.train_files,
-        data_args.image_root,
-        stage=stage,
-        on_error="skip" if data_args.skip_bad_records else "raise",
-    )
-    # The grounding meter's rows (image_gain in the logs): grounding_files, or the last rows with an image, held out.
-    dataset, held_out = hold_out_rows(dataset, data_args, stage, "skip" if data_args.skip_bad_records else "raise")
-    if data_args.max_train_samples:
-        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-    # Images are opened by the collator (errors name the sample), not decoded by datasets.
-    dataset = dataset.cast_column("images", dataset.features["images"].__class__(_image_feature(decode=False)))
     # `padding_free: true`: the batch's samples in one row, images included. TRL refuses the flag for image data (its
     # collator cannot pack images); LlavaDataCollator packs them, so the trainer is built with it off and it is set
     # back for the training record.
@@ -201,9 +208,14 @@ class _TrainParser(TrlParser):
                 config = yaml.safe_load(file)
         except (OSError, yaml.YAMLError) as error:
             self.error(f"--config {path}: {error}")
+        except UnicodeDecodeError as error:
+            self.error(f"--config {path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.")
         if not isinstance(config, dict):
             self.error(f"--config {path} must contain a YAML mapping.")
-        for key, value in (config.pop("env", None) or {}).items():  # TRL's `env:` section
+        env = config.pop("env", None) or {}
+        if not isinstance(env, dict):
+            self.error(f"--config {path}: env must be a mapping of environment variables (NAME: value).")
+        for key, value in env.items():  # TRL's `env:` section
             os.environ[key] = str(value)
         unknown = self.set_defaults_with_config(**config)
         if unknown:

@@ -244,7 +244,12 @@ class LlavaDataArguments:
 
     def check(self) -> None:
         """Raise `RecipeError` on values that are wrong whatever the rest of the recipe (the files are
-        `validate_recipe`'s)."""
+        `validate_recipe`'s). A single file given as a string (`train_files: data.json`) is read as a list of one."""
+        for name in ("train_files", "grounding_files"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise RecipeError(f"max_train_samples must be at least 1 (or unset: all), got {self.max_train_samples}.")
         if self.truncation not in ("text", "skip"):
             raise RecipeError(f"truncation must be 'text' or 'skip', got {self.truncation!r}.")
         if self.grounding_samples < 0:
@@ -304,12 +309,15 @@ def validate_recipe(
             raise RecipeError(f"stage 2: the stage-1 checkpoint {path!r} does not exist; run stage 1 first.")
     if not data_args.train_files:
         raise RecipeError("set train_files: the LLaVA JSON/JSONL file(s) to train on.")
-    for path in data_args.train_files:
-        if not Path(path).is_file():
-            raise RecipeError(f"train file {path!r} not found.")
-    for path in data_args.grounding_files:
-        if not Path(path).is_file():
-            raise RecipeError(f"grounding file {path!r} not found.")
+    for kind, paths in (("train", data_args.train_files), ("grounding", data_args.grounding_files)):
+        for path in paths:
+            if Path(path).is_dir():
+                raise RecipeError(f"{kind} file {path!r} is a folder; give the LLaVA JSON/JSONL file(s) in it.")
+            if not Path(path).is_file():
+                raise RecipeError(f"{kind} file {path!r} not found.")
+    max_length = getattr(training_args, "max_length", None)
+    if max_length is not None and max_length < 1:
+        raise RecipeError(f"max_length must be a positive number of tokens (or null: no limit), got {max_length}.")
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -49,16 +49,47 @@ def load_pretrained(model_class: Any, path: str | Path, device: str | None = Non
 # -- checkpoint configs ----------------------------------------------------------------------------------------------
 def read_config(folder: str | Path, error: type[Exception] = FileNotFoundError) -> dict[str, Any]:
     """`folder/config.json` as a dict. A folder without one raises `error` (the caller's own error class, e.g. a
-    `ValueError` subclass) saying so; a file that is not JSON raises a `ValueError` naming it."""
+    `ValueError` subclass) saying so; a file that is not a JSON object raises a `ValueError` naming it."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise error(f"{folder}: no config.json; is this a model folder?")
+    return read_json(path, dict, "a config.json")
+
+
+def read_json(path: str | Path, expected: type | None = None, what: str = "a JSON") -> Any:
+    """The JSON value of the file `path`. A file that is not JSON (or not UTF-8) raises a `ValueError` naming it and
+    where it breaks; with `expected` (`dict` or `list`), a value of another type raises naming what the file holds
+    (`what` says what the file should be, e.g. "a results"). A missing file raises `FileNotFoundError` as `open`
+    does."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as decode_error:
+        value = json.loads(path.read_bytes())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}).") from error
+    except UnicodeDecodeError as error:
         raise ValueError(
-            f"{path}: not valid JSON ({decode_error.msg} at line {decode_error.lineno})."
-        ) from decode_error
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8."
+        ) from error
+    if expected is not None and not isinstance(value, expected):
+        kinds = {dict: "object", list: "array"}
+        raise ValueError(
+            f"{path}: the top level is a JSON {_json_kind(value)}; {what} file holds a JSON "
+            f"{kinds.get(expected, expected.__name__)}."
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (object, array, string, number, true/false, null)."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
 
 
 # -- JSONL -----------------------------------------------------------------------------------------------------------
@@ -121,7 +152,7 @@ def index_rows(
     rows: dict[str, Any] = {}
     numbers: dict[str, int] = {}
     for number, row in numbered:
-        if not isinstance(row, dict) or key not in row:
+        if not isinstance(row, dict) or row.get(key) is None:  # a null id is no id
             raise ValueError(f"{source} {unit} {number}: a row without {key!r}; every row needs one.")
         ident = str(row[key])
         if ident in numbers:
@@ -182,6 +213,21 @@ def validate_hub_id(name: Any, allow_bare_name: bool = False) -> None:
         form = "'namespace/name' or 'name'" if allow_bare_name else "'namespace/name'"
         raise HFValidationError(f"Repo id must be in the form {form}: {name!r}.")
     validate_repo_id(name)
+
+
+def check_model_path(name: str, option: str = "--model") -> None:
+    """Refuse, before anything is loaded, a model argument that names neither a local folder nor a Hub repo id: a
+    missing path raises `FileNotFoundError` and a file `ValueError`, each naming `option` (instead of the Hub
+    client's "Repo id must be in the form ..." for a path that does not exist)."""
+    path = Path(name)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{option} {name} is a file; give the checkpoint folder (config.json and the weights).")
+        return
+    try:
+        validate_hub_id(name, allow_bare_name=True)
+    except ValueError:
+        raise FileNotFoundError(f"{option} {name}: no such folder, and not a Hub repo id (namespace/name).") from None
 
 
 def is_hub_id(name: str | None) -> bool:

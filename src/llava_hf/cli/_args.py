@@ -51,8 +51,15 @@ def comma_list(value: str) -> tuple[str, ...]:
 
 
 def at_least(kind: type, minimum: float) -> Any:
-    """An argparse `type` that parses `kind` and refuses values below `minimum` at the parser, with a message that
-    names the bound (so a bad number never reaches the library)."""
+    """An argparse `type` that parses `kind` and refuses values below `minimum` (and NaN) at the parser, with a
+    message that names the bound (so a bad number never reaches the library)."""
+    return bounded(kind, minimum=minimum)
+
+
+def bounded(kind: type, minimum: float | None = None, above: float | None = None, maximum: float | None = None) -> Any:
+    """An argparse `type` that parses `kind` (int or float) and refuses, at the parser, NaN and values below
+    `minimum`, not above `above` (a strict bound: `above=0` for a positive number) or over `maximum`; the message
+    names the bound."""
 
     def parse(value: str) -> Any:
         try:
@@ -61,8 +68,14 @@ def at_least(kind: type, minimum: float) -> Any:
             raise argparse.ArgumentTypeError(
                 f"{value!r} is not {'an integer' if kind is int else 'a number'}"
             ) from error
-        if number < minimum:
+        if number != number:  # NaN passes every comparison below
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number")
+        if minimum is not None and number < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        if above is not None and number <= above:
+            raise argparse.ArgumentTypeError(f"{value} must be above {above}")
+        if maximum is not None and number > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {maximum}")
         return number
 
     parse.__name__ = kind.__name__  # argparse names the type in its own errors
@@ -106,8 +119,9 @@ def add_dataclass_arguments(
     Each option is `--<prefix><field>` with `-` for `_` (or `rename[field]`, a whole flag such as `"--price-input"`),
     its destination `<prefix><field>` (what `dataclass_from_args` reads), its default the field's (or `defaults`: a
     mapping of field -> value, or an instance of `cls` to take every default from) and its help the field's
-    `metadata["help"]` (or `help_text[field]`); `metadata["choices"]` becomes the option's choices and
-    `metadata["min"]` its lowest value, checked by the parser.
+    `metadata["help"]` (or `help_text[field]`); `metadata["choices"]` becomes the option's choices,
+    `metadata["min"]` its lowest value and `metadata["above"]` a strict lower bound, checked by the parser (which
+    refuses NaN for every float field).
 
     Types: `int`, `float`, `str` (and those `| None`); `bool` is a switch: `--<field>` when it defaults to False,
     `--no-<field>` (storing False) when it defaults to True; `tuple[str, ...]` is given comma-separated. A field
@@ -145,9 +159,11 @@ def add_dataclass_arguments(
                 # A string default goes through `type` too, and `--help` shows it as it is typed.
                 kwargs["type"] = comma_list
                 default = ",".join(default) if default is not dataclasses.MISSING else default
-            elif option_type in (int, float) and "min" in field.metadata:
-                kwargs["type"] = at_least(option_type, field.metadata["min"])
-            elif option_type in (int, float, str):
+            elif option_type in (int, float) and ("min" in field.metadata or "above" in field.metadata):
+                kwargs["type"] = bounded(option_type, field.metadata.get("min"), field.metadata.get("above"))
+            elif option_type is float:
+                kwargs["type"] = bounded(float)  # NaN is refused at the parser
+            elif option_type in (int, str):
                 kwargs["type"] = option_type
             else:
                 raise TypeError(f"{cls.__name__}.{name}: cannot make an option of a field typed {hints[name]!r}")

@@ -2,7 +2,7 @@
 
 import argparse
 
-from ._args import add_command, default_of
+from ._args import add_command, at_least, bounded, default_of
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,15 +27,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("files", nargs="+", help="LLaVA .json / .jsonl files")
     check.add_argument("--image-root", default=None, help="folder image paths are relative to (default: the file's)")
     check.add_argument("--processor", default=None, help="a llava_hf checkpoint/processor folder, to count tokens")
-    check.add_argument("--max-length", type=int, default=None, help="flag samples longer than this many tokens")
+    check.add_argument(
+        "--max-length", type=at_least(int, 1), default=None, help="flag samples longer than this many tokens"
+    )
     check.add_argument("--no-images", action="store_true", help="skip opening the images")
     check.add_argument(
         "--max-problems",
-        type=int,
+        type=at_least(int, 0),
         default=default_of(CheckReport.passes, "max_problems"),
         help="problems allowed before exiting 1",
     )
-    check.add_argument("--max-fraction", type=float, default=None, help="or: fraction of records allowed to fail")
+    check.add_argument(
+        "--max-fraction",
+        type=bounded(float, minimum=0, maximum=1),
+        default=None,
+        help="or: fraction of records allowed to fail",
+    )
     check.add_argument("--report", default=None, help="also write the report as JSON here")
     check.set_defaults(func=run_check)
 
@@ -104,6 +111,9 @@ def run_check(args: argparse.Namespace) -> int:
     if args.processor:
         from transformers import AutoProcessor
 
+        from ..utils import check_model_path
+
+        check_model_path(args.processor, "--processor")
         processor = AutoProcessor.from_pretrained(args.processor)
     report = check_llava_files(
         args.files, args.image_root, processor, args.max_length, check_images=not args.no_images
@@ -137,6 +147,10 @@ def run_convert(args: argparse.Namespace) -> int:
         on_error="skip" if args.skip_bad else "raise",
         check_image_files=True,
     )
+    if report.rows_written == 0:  # an empty dataset would only fail later, in training, far from its cause
+        raise ValueError(
+            f"{', '.join(args.files)}: no rows to save ({report.summary()}); nothing was written to {output}."
+        )
     # Written beside the output and swapped in at the end: a kill mid-save leaves the previous dataset whole.
     staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
     dataset.save_to_disk(str(staging))

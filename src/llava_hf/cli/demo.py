@@ -98,11 +98,15 @@ def run_chat(args: argparse.Namespace) -> int:
 
     from ..demo import ChatModel
     from ..demo.terminal import run_terminal_chat
+    from ..utils import check_model_path
 
     limits, settings = settings_from_args(args)
     for image in args.image:  # before loading the model: a wrong path fails at once
+        if Path(image).is_dir():
+            raise ValueError(f"--image {image} is a folder; give an image file.")
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} not found.")
+    check_model_path(args.model, "model")
     chat = ChatModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     # Bytes that are not UTF-8 reach the chat as lone surrogates, which it refuses line by line, instead of a
     # UnicodeDecodeError that would end the conversation.

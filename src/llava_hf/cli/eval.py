@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._args import add_command, add_dataclass_arguments, add_device_arguments, dataclass_from_args
+from ._args import add_command, add_dataclass_arguments, add_device_arguments, at_least, bounded, dataclass_from_args
 
 # The GenerationSettings fields `eval` exposes, in --help order.
 GENERATION_FIELDS = ("batch_size", "max_new_tokens", "do_sample", "temperature", "seed")
@@ -78,11 +78,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--judge-model", default=None, help="judge model name on that endpoint")
     bench.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     bench.add_argument(
-        "--judge-timeout", type=float, default=120.0, help="seconds for one judge request before it is retried"
+        "--judge-timeout",
+        type=bounded(float, above=0),
+        default=120.0,
+        help="seconds for one judge request before it is retried",
     )
     bench.add_argument(
         "--judge-max-retries",
-        type=int,
+        type=at_least(int, 0),
         default=6,
         help="retries per judge request on 429/5xx/timeouts/refused connections, with exponential backoff",
     )
@@ -109,10 +112,11 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..registration import register
-    from ..utils import load_pretrained, read_config
+    from ..utils import check_model_path, load_pretrained, read_config
 
     if not args.model:
         raise ValueError("--model is required to generate answers.")
+    check_model_path(args.model)
     register()
     if Path(args.model).is_dir():  # a local folder: say what it is before transformers lists every class it knows
         from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -143,12 +147,17 @@ def generation_settings(args: argparse.Namespace):
 
 
 def run_scienceqa(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
+    from ..data.llava_format import iter_llava_file
     from ..eval.results import make_results, write_results
     from ..eval.runner import SCIENCEQA_SUFFIX, load_questions, run_inference
     from ..eval.scienceqa import load_predictions, score_scienceqa
+    from ..utils import read_json
+
+    # Read before any answer is generated: a questions or problems file that cannot be read fails now, naming it.
+    records = [record for _, record in iter_llava_file(args.questions)]  # .json or .jsonl, as inference reads them
+    problems = read_json(args.problems, dict, "a ScienceQA problems.json") if args.problems else None
 
     out = Path(args.output_dir)
     answers = Path(args.answers) if args.answers else out / "answers.jsonl"
@@ -160,8 +169,7 @@ def run_scienceqa(args: argparse.Namespace) -> int:
         asked |= ran_with(model)
         questions = load_questions(args.questions, args.image_root)
         run_inference(model, processor, questions, answers, settings, Path(args.model).name, suffix)
-    problems = json.loads(Path(args.problems).read_text()) if args.problems else None
-    metrics = score_scienceqa(load_predictions(answers), json.loads(Path(args.questions).read_text()), problems)
+    metrics = score_scienceqa(load_predictions(answers), records, problems, source=args.questions)
     data = {"questions": args.questions, "answers": answers} | ({"problems": args.problems} if args.problems else {})
     path = write_results(
         make_results("scienceqa", args.model or "answers-file", data, asked, metrics),
@@ -206,6 +214,9 @@ def run_llava_bench(args: argparse.Namespace) -> int:
     if args.judge_local:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ..utils import check_model_path
+
+        check_model_path(args.judge_local, "--judge-local")
         judge = TransformersJudge(
             AutoModelForCausalLM.from_pretrained(args.judge_local), AutoTokenizer.from_pretrained(args.judge_local)
         )

@@ -7,6 +7,8 @@ from ._args import (
     add_command,
     add_dataclass_arguments,
     add_device_arguments,
+    at_least,
+    bounded,
     dataclass_from_args,
     default_of,
 )
@@ -47,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--image-prefix", default="", help="prefix for the records' image paths (e.g. coco/train2017/)"
     )
-    source.add_argument("--limit", type=int, default=None, help="only the first N images")
+    source.add_argument("--limit", type=at_least(int, 1), default=None, help="only the first N images")
 
     request = parser.add_argument_group("requests")
     add_dataclass_arguments(request, EngineSettings, ["kinds", "samples_per_image"], rename=ENGINE_RENAME)
@@ -55,13 +57,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(request, EngineSettings, ["seed"])
     request.add_argument(
         "--temperature",
-        type=float,
+        type=at_least(float, 0),
         default=default_of(OpenAICompatibleBackend, "temperature"),
         help="sampling temperature",
     )
     request.add_argument(
         "--max-tokens",
-        type=int,
+        type=at_least(int, 1),
         default=default_of(OpenAICompatibleBackend, "max_tokens"),
         help="completion token limit per request",
     )
@@ -83,14 +85,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="environment variable holding the key",
     )
     backend.add_argument(
-        "--timeout", type=float, default=default_of(OpenAICompatibleBackend, "timeout"), help="seconds per request"
+        "--timeout",
+        type=bounded(float, above=0),
+        default=default_of(OpenAICompatibleBackend, "timeout"),
+        help="seconds per request",
     )
     backend.add_argument(
         "--extra-body", default=None, help="JSON merged into each request body, e.g. '{\"top_p\": 0.9}'"
     )
     backend.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(int, 1),
         default=default_of(TransformersBackend, "batch_size"),
         help="transformers backend: generation batch size (keep --concurrency at least this)",
     )
@@ -111,9 +116,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_generate_instructions)
 
 
+def _extra_body(text: str | None) -> dict | None:
+    """`--extra-body` as the JSON object it must be, or a `ValueError` naming the option."""
+    import json
+
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--extra-body is not valid JSON ({error.msg} at column {error.colno}): {text!r}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"--extra-body must be a JSON object ({{...}}) of request fields, got {text!r}.")
+    return value
+
+
 def run_generate_instructions(args: argparse.Namespace) -> int:
     import asyncio
-    import json
 
     from ..datagen import (
         BackendUnusable,
@@ -128,11 +147,17 @@ def run_generate_instructions(args: argparse.Namespace) -> int:
     )
 
     settings = dataclass_from_args(EngineSettings, args)
+    extra_body = _extra_body(args.extra_body)
     contexts = load_contexts(args.annotations, args.captions, args.image_prefix)
+    if not contexts:  # nothing to ask for: an empty file, or images without captions
+        raise ValueError(f"{', '.join(args.annotations)}: no image with captions to write instructions for.")
     if args.limit is not None:
         contexts = contexts[: args.limit]
     prompts = load_prompts(settings.kinds, args.prompts)
     if args.backend == "transformers":
+        from ..utils import check_model_path
+
+        check_model_path(args.model)
         backend = TransformersBackend.from_pretrained(
             args.model,
             device=args.device,
@@ -151,7 +176,7 @@ def run_generate_instructions(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             timeout=args.timeout,
             max_connections=args.concurrency,
-            extra_body=json.loads(args.extra_body) if args.extra_body else None,
+            extra_body=extra_body,
         )
     print(f"{len(contexts)} images x {len(settings.kinds)} types x {settings.samples_per_image} -> {args.out}")
     try:

@@ -91,6 +91,7 @@ def check_llava_files(
     report = CheckReport()
     for path in paths:
         root = Path(image_root) if image_root is not None else Path(path).parent
+        records_before = report.records
         for number, record in tqdm(iter_llava_file(path), disable=not progress, desc=f"checking {Path(path).name}"):
             report.records += 1
             where = record_location(str(path), number, record)
@@ -102,19 +103,21 @@ def check_llava_files(
             _turn_problems(row, where, report)
             for index, name in enumerate(row["image_files"]):
                 try:  # the path rule holds whether or not the images are opened
-                    path = image_path(root, name, f"{where} image {index}")
+                    image = image_path(root, name, f"{where} image {index}")
                 except RecordError as error:
                     report.add(problem_kind(str(error)), str(error))
                     continue
                 if check_images:
                     report.images += 1
-                    found = image_problem(Path(path), f"{where} image {index}", max_pixels)
+                    found = image_problem(Path(image), f"{where} image {index}", max_pixels)
                     if found:
                         report.add(*found)
             if max_length is not None:
                 length = _token_length(processor, row)
                 if length > max_length:
                     report.add("over max_length after tokenization", f"{where}: {length} tokens > {max_length}")
+        if report.records == records_before:  # an empty file is no data: a problem, not a pass
+            report.add("file without records", f"{path}: no records; is this the right file?")
     return report
 
 

@@ -92,12 +92,15 @@ class LlavaDataCollator:
             raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}.")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
             raise ValueError(f"pad_to_multiple_of must be a positive number or None, got {self.pad_to_multiple_of}.")
+        if not self.max_pixels > 0:  # 0 would refuse every image as a decompression bomb
+            raise ValueError(f"max_pixels must be a positive number of pixels, got {self.max_pixels}.")
 
     # -- one sample ----------------------------------------------------------------------------------------------
     def encode(self, example: dict[str, Any]) -> dict[str, Any] | None:
         """Tokenize one row; `None` when the sample is skipped (counted in `stats`)."""
         sample_id = example.get("id", "?")
         where = f"sample {sample_id!r}"
+        _check_messages(example.get("messages"), where)
         images = [
             load_image(image, f"{where} image {i}", self.max_pixels)
             for i, image in enumerate(example.get("images") or [])
@@ -151,6 +154,8 @@ class LlavaDataCollator:
 
     # -- a batch -------------------------------------------------------------------------------------------------
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("the batch is empty: the collator needs at least one sample.")
         before = Counter(self.stats)
         encoded = [e for e in (self.encode(example) for example in examples) if e is not None]
         if not encoded:
@@ -232,6 +237,31 @@ def _image_starts(runs: list[tuple[int, int]], image_seq_length: int) -> list[in
     for start, end in runs:
         starts += list(range(start, end, image_seq_length))
     return starts
+
+
+ROLES = ("system", "user", "assistant")
+PART_TYPES = ("text", "image")
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    """Raise `LabelError` naming the sample unless `messages` is TRL's conversational layout: a non-empty list of
+    `{"role": system|user|assistant, "content": str | [{"type": text|image, ...}]}` (an unknown role or part type
+    would otherwise be dropped or rendered by the chat template without a word)."""
+    if not isinstance(messages, list) or not messages:
+        raise LabelError(f"{where}: 'messages' is missing or empty; expected a list of {{role, content}} turns.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else message
+            raise LabelError(f"{where}: messages[{index}] has role {role!r}; expected one of {list(ROLES)}.")
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not all(
+            isinstance(part, dict) and part.get("type") in PART_TYPES for part in content
+        ):
+            raise LabelError(
+                f"{where}: messages[{index}].content must be a string or a list of text/image parts, got {content!r}."
+            )
 
 
 def _with_images(messages: list[dict], images: list, where: str) -> list[dict]:

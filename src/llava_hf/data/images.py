@@ -58,10 +58,16 @@ def load_image(
         if source.get("bytes") is not None:
             import io
 
-            return load_image(Image.open(io.BytesIO(source["bytes"])), where, max_pixels)
+            try:
+                embedded = Image.open(io.BytesIO(source["bytes"]))
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ImageError(f"{where}: cannot decode the embedded image bytes: {error}") from error
+            return load_image(embedded, where, max_pixels)
         source = source.get("path")
         if source is None:
             raise ImageError(f"{where}: the image entry has neither bytes nor a path.")
+    if not isinstance(source, (str, Path)):
+        raise ImageError(f"{where}: expected an image path, a PIL image or a {{bytes, path}} entry, got {source!r}.")
     path = Path(source)
     if not path.is_file():
         raise ImageError(f"{where}: image file not found: {path}")

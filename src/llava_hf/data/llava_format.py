@@ -79,11 +79,21 @@ def iter_llava_file(path: str | Path) -> Iterator[tuple[int, dict]]:
     import ijson
 
     with path.open("rb") as handle:
-        first = handle.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-        if first == b"{":
-            # ijson would find no `item` in an object and yield nothing: "0 rows", not an error.
+        head = handle.read(4096)
+        first = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+        if not first and len(head) < 4096:
             raise RecordError(
-                f"{path}: the top level is a JSON object, not an array; a LLaVA "
+                f"{path}: the file is empty; a LLaVA .json file is an array of records [...] (or write one record "
+                "per line as .jsonl)."
+            )
+        # ijson would find no `item` in an object (or a lone string, number, ...) and yield nothing: "0 rows", not an
+        # error.
+        kind = {b"{": "object", b'"': "string", b"t": "boolean", b"f": "boolean", b"n": "null"}.get(first)
+        if kind is None and first and first in b"-0123456789":
+            kind = "number"
+        if kind is not None:
+            raise RecordError(
+                f"{path}: the top level is a JSON {kind}, not an array; a LLaVA "
                 ".json file is a list of records: wrap them in [...] or write one record per line as .jsonl."
             )
         handle.seek(0)
@@ -134,11 +144,16 @@ def _check_image_file(path: str, where: str) -> None:
         raise RecordError(f"{where}: image file {path} is not readable (permissions).")
 
 
-def _image_files(record: dict) -> list[str]:
+def _image_files(record: dict, where: str = "record") -> list[str]:
     image = record.get("image")
     if image is None:
         return []
-    return [image] if isinstance(image, str) else list(image)
+    if isinstance(image, str):
+        return [image]
+    if isinstance(image, (list, tuple)) and all(isinstance(name, str) for name in image):
+        return list(image)
+    found = "a list holding non-strings" if isinstance(image, (list, tuple)) else type(image).__name__
+    raise RecordError(f"{where}: 'image' is {found}; expected an image path or a list of image paths (strings).")
 
 
 def split_at_images(text: str) -> list[dict[str, Any]]:
@@ -163,12 +178,12 @@ def llava_record_to_row(record: dict, where: str = "record") -> dict[str, Any]:
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise RecordError(f"{where}: 'conversations' is missing or empty.")
-    image_files = _image_files(record)
+    image_files = _image_files(record, where)
     messages, placeholders = [], 0
     for index, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RecordError(f"{where}: conversations[{index}] needs 'from' and 'value'.")
-        role = ROLES.get(turn["from"])
+        role = ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
         if role is None:
             raise RecordError(
                 f"{where}: conversations[{index}] has from={turn['from']!r}; expected one of {sorted(ROLES)}."
@@ -303,6 +318,7 @@ def problem_kind(message: str) -> str:
     # Most specific first: several messages also name `conversations[i]` or a placeholder.
     kinds = {
         "from=": "unknown role",
+        "'image' is": "bad image field",
         "value is": "non-string value",
         "needs": "malformed turn",
         "gpt turn": "<image> in a gpt turn",

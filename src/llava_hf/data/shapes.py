@@ -33,6 +33,7 @@ COLORS = {
     "orange": (245, 130, 20),
 }
 SIZES = {"small": (18, 28), "large": (36, 52)}  # half-extent in pixels at 224 px
+MIN_IMAGE_SIZE = 32  # smaller images leave the shapes a pixel or two across, or no room at all
 BACKGROUND = (245, 245, 240)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 # The multiple-choice instruction, on training and test questions alike: the answer states what the image shows, then
@@ -375,6 +376,10 @@ def build_shapes_world(
     for name, value in (("num_images", num_images), ("image_size", image_size), ("max_objects", max_objects)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be at least {MIN_IMAGE_SIZE} pixels (room to draw the shapes apart), got {image_size}."
+        )
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1) (the share of images held out), got {test_fraction}.")
     out = Path(out_dir)

@@ -57,6 +57,8 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         self.kinds = tuple(canonical_kind(kind) for kind in self.kinds)
+        if not self.kinds:
+            raise ValueError(f"kinds is empty: name at least one instruction type ({', '.join(KINDS)}).")
         if len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds {self.kinds} repeat a type; list each of {', '.join(KINDS)} once.")
         for name in ("samples_per_image", "concurrency"):
@@ -64,6 +66,10 @@ class EngineSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}.")
+        for name in ("initial_backoff", "max_backoff", "max_retry_after", "input_price", "output_price"):
+            value = getattr(self, name)
+            if not value >= 0:  # NaN too: it would sleep or cost NaN
+                raise ValueError(f"{name} must be 0 or more, got {value}.")
 
 
 @dataclass

@@ -122,7 +122,10 @@ def load_prompt_set(kind: str, folder: str | Path | None = None) -> PromptSet:
 
 
 def load_prompts(kinds: list[str] | tuple[str, ...] = KINDS, folder: str | Path | None = None) -> dict[str, PromptSet]:
-    """Prompt sets by canonical type name."""
+    """Prompt sets by canonical type name. A `folder` that does not exist is an error (a mistyped path would
+    otherwise run the whole job on the built-in prompts)."""
+    if folder is not None and not Path(folder).is_dir():
+        raise FileNotFoundError(f"prompts folder {folder} not found (or not a folder); see the layout in --help.")
     return {canonical_kind(kind): load_prompt_set(kind, folder) for kind in kinds}
 
 

@@ -25,11 +25,26 @@ class InputError(ValueError):
 class Limits:
     """What the demo accepts. LLaVA sees images at a few hundred pixels: anything larger only costs memory."""
 
-    max_image_megabytes: float = field(default=10.0, metadata={"help": "largest image file accepted, in MB"})
-    max_image_megapixels: float = field(default=16.0, metadata={"help": "largest image accepted, in megapixels"})
-    max_text_chars: int = field(default=2000, metadata={"help": "longest message accepted, in characters"})
-    max_images: int = field(default=4, metadata={"help": "images per conversation"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "the most max_new_tokens a user may ask for"})
+    max_image_megabytes: float = field(
+        default=10.0, metadata={"above": 0, "help": "largest image file accepted, in MB"}
+    )
+    max_image_megapixels: float = field(
+        default=16.0, metadata={"above": 0, "help": "largest image accepted, in megapixels"}
+    )
+    max_text_chars: int = field(default=2000, metadata={"min": 1, "help": "longest message accepted, in characters"})
+    max_images: int = field(default=4, metadata={"min": 0, "help": "images per conversation"})
+    max_new_tokens: int = field(
+        default=1024, metadata={"min": 1, "help": "the most max_new_tokens a user may ask for"}
+    )
+
+    def __post_init__(self) -> None:
+        # The command line's parser checks the same bounds (the field metadata); this holds for a demo_config.json or
+        # a Limits built in Python: a limit of 0 or below refuses every input, and NaN compares false to all.
+        for limit in fields(self):
+            value, low, above = getattr(self, limit.name), limit.metadata.get("min"), limit.metadata.get("above")
+            if value != value or (low is not None and value < low) or (above is not None and value <= above):
+                bound = f"at least {low}" if low is not None else f"above {above}"
+                raise ValueError(f"limit {limit.name} must be {bound}, got {value}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

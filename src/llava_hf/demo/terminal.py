@@ -25,6 +25,8 @@ def run_terminal_chat(
     limits = limits or Limits()
     settings.check(limits)
     interactive = stdin.isatty()
+    if len(images) > limits.max_images:
+        raise InputError(f"{len(images)} images given; the limit is {limits.max_images} per conversation.")
     pending = [open_image(path, limits) for path in images]  # fails before the chat starts, naming the image
     messages, conversation_images, answered = [], [], 0
     # Piped input cannot react to a failed /image: the questions after it are refused until an image is added or the

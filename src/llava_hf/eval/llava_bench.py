@@ -16,6 +16,7 @@ the verdicts and judges again every question whose review is an error.
 
 import json
 import logging
+import math
 import os
 import re
 import uuid
@@ -191,14 +192,19 @@ class ReviewReport:
     failed_ids: list[str] = field(default_factory=list)
 
 
-def is_verdict(row: dict) -> bool:
-    """Whether a review row holds the judge's two scores (not an error row, nor the [-1, -1] of an unreadable reply)."""
+def is_verdict(row: Any) -> bool:
+    """Whether a review row holds the judge's two scores (not an error row, nor the [-1, -1] of an unreadable reply,
+    nor a row that is not a JSON object or whose scores are not finite numbers)."""
+    if not isinstance(row, dict):
+        return False
     scores = row.get("tuple")
     return (
         not row.get("error")
         and isinstance(scores, (list, tuple))
         and len(scores) == 2
-        and all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in scores)
+        and all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0 for s in scores
+        )
     )
 
 
@@ -273,6 +279,32 @@ def _drop_error_rows(reviews_file: Path, answer_ids: dict[str, tuple[Any, Any]])
     return len(rows) - len(kept)
 
 
+def _unjudgeable(
+    questions: list[dict], context_by_image: dict, refs: dict, cands: dict, names: dict[str, str]
+) -> list[str]:
+    """What keeps each question from being judged (its text, its image's context, its reference and candidate
+    answers), each naming the file (`names`: role -> file or argument name) and the question_id."""
+    problems = []
+    for question in questions:
+        qid = str(question["question_id"])
+        if not isinstance(question.get("text"), str):
+            problems.append(f"{names['questions']}: question {qid} has no 'text' string")
+        for role, name, table in (("references", "reference", refs), ("candidates", "candidate", cands)):
+            if qid not in table:
+                problems.append(f"{names[role]}: no {name} answer to question {qid}")
+            elif not isinstance(table[qid].get("text"), str):
+                problems.append(f"{names[role]}: the {name} answer to question {qid} has no 'text' string")
+        context = context_by_image.get(str(question.get("image")))
+        if context is None:
+            problems.append(f"{names['contexts']}: no context for image {question.get('image')!r} (question {qid})")
+        elif "captions" not in context and "caption" not in context:
+            problems.append(
+                f"{names['contexts']}: the context of image {question.get('image')!r} has neither 'captions' nor "
+                "'caption'"
+            )
+    return problems
+
+
 def review(
     judge: Callable[[list[dict[str, str]]], str],
     questions: list[dict] | str | Path,
@@ -286,8 +318,9 @@ def review(
 ) -> ReviewReport:
     """Judge every question into `reviews_file` (JSONL, appended). Questions, references and candidates are rows or
     JSONL files; one question_id on two rows of any of them is refused (`ValueError` naming the file or argument and
-    both rows) before anything is judged. Questions with a verdict already are skipped; rows recorded with an error
-    by an earlier run are dropped and judged again.
+    both rows) before anything is judged, and so is a question without its text, a reference or candidate answer
+    with text, or its image's context (naming the file and the question). Questions with a verdict already are
+    skipped; rows recorded with an error by an earlier run are dropped and judged again.
 
     A reply without readable scores is asked again, up to `attempts` times. A judge call that raises
     `TransientError` (`OpenAIJudge`, after its client's retries) is not: it is recorded with an error, and
@@ -296,13 +329,27 @@ def review(
     """
     from tqdm.auto import tqdm
 
+    names = {
+        role: str(value) if isinstance(value, (str, Path)) else role
+        for role, value in (
+            ("questions", questions),
+            ("contexts", contexts),
+            ("references", references),
+            ("candidates", candidates),
+        )
+    }
     questions = list(_indexed(questions, "questions").values())
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}.")
     if isinstance(contexts, (str, Path)):
         contexts = read_jsonl(contexts)
-    context_by_image = {str(c.get("image")): c for c in contexts}
+    context_by_image = {str(c.get("image")): c for c in contexts if isinstance(c, dict)}
     refs, cands = _indexed(references, "references"), _indexed(candidates, "candidates")
+    # Every question must be judgeable before the first judge call: a gap found halfway would stop a paid run there.
+    problems = _unjudgeable(questions, context_by_image, refs, cands, names)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError("; ".join(problems[:3]) + f"{more}. Nothing was judged: fix the files and run again.")
     reviews_file = Path(reviews_file)
     if repair_torn_tail(reviews_file):  # a kill mid-write: that question is judged again
         logger.warning(
@@ -336,11 +383,6 @@ def review(
             if qid in done:
                 report.skipped_existing += 1
                 continue
-            for name, table in (("reference", refs), ("candidate", cands)):
-                if qid not in table:
-                    raise ValueError(f"question {qid}: no {name} answer.")
-            if str(question.get("image")) not in context_by_image:
-                raise ValueError(f"question {qid}: no context for image {question.get('image')!r}.")
             category = category_of(question)
             messages = judge_messages(
                 symbolic_context(context_by_image[str(question["image"])]),

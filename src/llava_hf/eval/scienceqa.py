@@ -10,15 +10,14 @@ The official scorer then replaced FAILED (and letters beyond the problem's optio
 its accuracy depend on a random seed. Here they are counted, reported and scored wrong.
 """
 
-import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..data.scienceqa import problem_metadata
-from ..utils import rows_by_id
+from ..utils import index_rows, read_json, rows_by_id
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
@@ -55,6 +54,7 @@ def score_scienceqa(
     predictions: dict[str, str],
     questions: Iterable[dict[str, Any]],
     problems: dict[str, dict] | None = None,
+    source: str = "questions",
 ) -> dict[str, Any]:
     """Score `predictions` (question id -> model output) against LLaVA-format ScienceQA `questions`.
 
@@ -65,20 +65,48 @@ def score_scienceqa(
 
     Returns accuracy overall and on the image subset, per category (subject NAT/SOC/LAN, context TXT/IMG/NO, grade
     G1-6/G7-12) where known, the number of failed parses (scored wrong) and per-question `parsed` letters.
+
+    Questions that are not records with an `id` and a question and gold answer as text, an id on two records, a
+    prediction that is not text, or no question at all raise a `ValueError` naming `source` (what the questions are
+    called in messages: their file) and the question.
     """
+    if problems is not None and not isinstance(problems, Mapping):
+        raise ValueError(
+            f"problems must map problem ids to problems (problems.json's object), got {type(problems).__name__}."
+        )
+    if isinstance(questions, Mapping):
+        raise ValueError(f"{source}: questions must be a list of LLaVA records, not a mapping.")
+    unit = "line" if str(source).endswith(".jsonl") else "row"
+    records = index_rows(enumerate(questions, start=1), str(source), key="id", unit=unit)  # one record per id
+    if not records:
+        raise ValueError(f"{source}: no questions to score.")
     totals: Counter = Counter()
     correct: Counter = Counter()
     parsed: dict[str, str] = {}
     failed, out_of_range, missing = [], [], []
-    for record in questions:
-        qid = str(record["id"])
+    for qid, record in records.items():
+        turns = record.get("conversations")
+        if not (
+            isinstance(turns, list)
+            and len(turns) >= 2
+            and all(isinstance(turn, dict) and isinstance(turn.get("value"), str) for turn in turns[:2])
+        ):
+            raise ValueError(
+                f"{source}: question {qid!r} needs 'conversations' holding the question (human turn) and its gold "
+                "answer (gpt turn) as text."
+            )
+        if qid in predictions and not isinstance(predictions[qid], str):
+            raise ValueError(
+                f"the prediction for question {qid!r} is {type(predictions[qid]).__name__}, not text; predictions "
+                "map question ids to the model's output strings."
+            )
         # The gold letter: the gpt turn itself ("B", CQM-A files) or read from a solution-first answer ("... The
         # answer is B.", QCM-LEA files and the shapes world) with the same parser as the predictions.
         gold = parse_prediction(record["conversations"][1]["value"].strip(), OPTIONS)
         if gold == FAILED:
             raise ValueError(
-                f"question {qid!r}: its gpt turn {record['conversations'][1]['value']!r} names no option letter; the "
-                "gold answer must be a letter or end with 'The answer is X.'."
+                f"{source}: question {qid!r}: its gpt turn {record['conversations'][1]['value']!r} names no option "
+                "letter; the gold answer must be a letter or end with 'The answer is X.'."
             )
         question = record["conversations"][0]["value"]
         n_options = num_options(question) or len(OPTIONS)
@@ -98,8 +126,8 @@ def score_scienceqa(
             correct[group] += hit
     if missing:
         raise ValueError(
-            f"{len(missing)} question(s) have no prediction (first: {missing[:5]}); run inference on the whole set "
-            "or score the subset you answered."
+            f"{source}: {len(missing)} question(s) have no prediction (first: {missing[:5]}); run inference on the "
+            "whole set or score the subset you answered."
         )
     accuracy = {group: 100.0 * correct[group] / totals[group] for group in totals}
     return {
@@ -136,8 +164,16 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     """Question id -> output text, from an answers JSONL (`question_id`, `text`) or an official result JSON."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return {qid: row["text"] for qid, row in rows_by_id(path).items()}
-    data = json.loads(path.read_text())
-    if isinstance(data, dict) and "outputs" in data:
-        return {str(k): v for k, v in data["outputs"].items()}
-    raise ValueError(f"{path}: expected an answers .jsonl or a result JSON with 'outputs'.")
+        outputs = {qid: row.get("text") for qid, row in rows_by_id(path).items()}
+    else:
+        data = read_json(path)
+        if not (isinstance(data, dict) and isinstance(data.get("outputs"), dict)):
+            raise ValueError(f"{path}: expected an answers .jsonl or a result JSON with 'outputs'.")
+        outputs = {str(k): v for k, v in data["outputs"].items()}
+    for qid, text in outputs.items():
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{path}: the answer to question_id {qid!r} has no 'text' string (found {text!r}); every answer needs "
+                "the model's output as text."
+            )
+    return outputs

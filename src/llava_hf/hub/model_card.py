@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training_record import TRAINING_RECORD, load_training_history  # noqa: F401 - TRAINING_RECORD: hub.cards re-exports it
-from ..utils import is_hub_id, validate_hub_id
+from ..utils import is_hub_id, read_json, validate_hub_id
 from .rendering import CardError, render_template, table_cell, validate_card
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CardError(f"{model_dir} has no config.json: not a saved checkpoint.")
-    config = json.loads(path.read_text())
+    config = read_json(path, dict, "a config.json")
     if config.get("model_type") != "llava_hf":
         raise CardError(
             f"{path}: model_type is {config.get('model_type')!r}, not 'llava_hf'; convert it first (llava-hf convert)."
@@ -321,7 +321,7 @@ def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
         path = Path(path)
         if not path.is_file():
             raise CardError(f"evaluation results file {path} not found.")
-        result = json.loads(path.read_text())
+        result = read_json(path, dict, "an `llava-hf eval` results")
         for key in ("task", "metrics"):
             if key not in result:
                 raise CardError(f"{path} is not an `llava-hf eval` results file: it has no {key!r}.")

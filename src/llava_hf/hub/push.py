@@ -149,6 +149,8 @@ def _commit(api, repo_id: str, repo_type: str, operations: list, branch: str | N
 def check_model_folder(model_dir: str | Path) -> Path:
     """A pushable llava_hf checkpoint: config, weights, processor and remote code; raises naming what is missing."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise CardError(f"{model_dir} is a file; give the checkpoint folder that holds it.")
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} not found.")
     config = read_config(model_dir)
@@ -276,7 +278,12 @@ def _load_split(paths: list[Path], image_root: str | None, stage: str, skip_bad:
             parts.append(loaded)
         return concatenate_datasets(parts), f"{len(parts)} datasets folder(s)"
     dataset, report = load_llava_dataset(
-        [str(p) for p in paths], image_root, stage=stage, on_error="skip" if skip_bad else "raise", progress=False
+        [str(p) for p in paths],
+        image_root,
+        stage=stage,
+        on_error="skip" if skip_bad else "raise",
+        progress=False,
+        check_image_files=True,  # the Parquet embeds each image: a missing one is named by its record, not its path
     )
     return dataset, report.summary()
 
@@ -430,14 +437,19 @@ def create_space(
     """Write a Gradio Space folder for `model` (a Hub id): `app.py`, `requirements.txt`, `README.md` (front matter
     `sdk: gradio`, `app_file`, `models`), `demo_config.json`, example images, and the `llava_hf` package itself, so
     the Space runs exactly the code of `llava-hf demo`."""
+    for option, name in [("--model", model)] + [("--dataset", dataset) for dataset in datasets or []]:
+        try:  # the README's front matter lists them: a Space that names no real repo is refused before writing
+            validate_hub_id(name, allow_bare_name=option == "--model")
+        except ValueError as error:
+            raise ValueError(f"{option} {name!r} is not a Hub repo id: {error}") from error
+    space_dir = Path(space_dir)
+    if space_dir.exists() and any(space_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{space_dir} exists and is not empty; pass --overwrite to replace its files.")
     import gradio
 
     from ..demo.app import DemoConfig
     from ..demo.examples import write_example_images
 
-    space_dir = Path(space_dir)
-    if space_dir.exists() and any(space_dir.iterdir()) and not overwrite:
-        raise ValueError(f"{space_dir} exists and is not empty; pass --overwrite to replace its files.")
     space_dir.mkdir(parents=True, exist_ok=True)
     config = DemoConfig.from_dict({**(demo_config or {}), "model": model})
     config.title = title or config.title or f"{model.split('/')[-1]} (llava-hf)"
@@ -468,10 +480,15 @@ def create_space(
 def check_space_folder(space_dir: str | Path) -> Path:
     """A pushable Gradio Space folder: README front matter (validated with `SpaceCard`) and its `app_file`."""
     space_dir = Path(space_dir)
+    if not space_dir.is_dir():
+        raise FileNotFoundError(f"Space folder {space_dir} not found; write it with `llava-hf space create`.")
     readme = space_dir / "README.md"
     if not readme.is_file():
         raise FileNotFoundError(f"{space_dir} has no README.md; write the folder with `llava-hf space create`.")
-    card = validate_card(readme.read_text(), "space")
+    try:
+        card = validate_card(readme.read_text(), "space")
+    except CardError as error:
+        raise CardError(f"{readme}: {error}") from error
     if card.data.sdk != "gradio":
         raise CardError(f"{readme}: sdk is {card.data.sdk!r}; llava-hf Spaces are gradio Spaces.")
     if not (space_dir / card.data.app_file).is_file():

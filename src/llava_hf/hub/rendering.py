@@ -40,7 +40,14 @@ def render_template(name: str, context: dict[str, Any], template: str | Path | N
         path = Path(template)
         if not path.is_file():
             raise CardError(f"card template {path} not found.")
-        return _environment(path.parent).get_template(path.name).render(**context)
+        import jinja2
+
+        try:
+            return _environment(path.parent).get_template(path.name).render(**context)
+        except jinja2.TemplateSyntaxError as error:
+            raise CardError(f"card template {path} line {error.lineno}: {error.message}") from error
+        except jinja2.TemplateError as error:  # an undefined name, a filter that fails
+            raise CardError(f"card template {path}: {type(error).__name__}: {error}") from error
     return _environment(TEMPLATES).get_template(name).render(**context)
 
 
