@@ -384,6 +384,14 @@ class LlavaModel(LlavaPreTrainedModel):
             return
         if image_features is None:
             detail = "no pixel_values were passed"
+        elif n_image_tokens == 0:
+            # Pixels but not one image token: the ids were not made with this checkpoint's tokenizer, or its config
+            # names another id for <image> than its tokenizer does.
+            detail = (
+                f"{image_features.shape[0]} image(s), but no token in input_ids is config.image_token_id="
+                f"{self.config.image_token_id}; the tokenizer's <image> id must be config.image_token_id: build inputs "
+                "with this checkpoint's processor, or fix image_token_id in config.json"
+            )
         else:
             detail = (
                 f"{image_features.shape[0]} image(s) x {image_features.shape[1]} tokens). Each <image> must expand "

@@ -79,6 +79,14 @@ def test_mismatched_image_tokens_raises():
         model(**inputs)
 
 
+def test_a_config_naming_another_image_token_id_is_named_as_the_cause():
+    tester = LlavaModelTester()
+    model = tester.get_model()
+    model.config.image_token_id = model.model.config.image_token_id = 7  # config.json and tokenizer disagree
+    with pytest.raises(ValueError, match=r"no token in input_ids is config.image_token_id=7.*fix image_token_id"):
+        model(**tester.prepare_inputs(batch_size=1))
+
+
 def test_image_tokens_without_pixel_values_raises():
     tester = LlavaModelTester()
     inputs = tester.prepare_inputs(batch_size=1)
