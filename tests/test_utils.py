@@ -114,3 +114,13 @@ def test_generation_settings_pass_sampling_options_only_when_sampling():
     sampled = GenerationSettings(do_sample=True, temperature=0.7).generate_kwargs()
     assert sampled["temperature"] == 0.7 and "top_p" not in sampled
     assert GenerationSettings(do_sample=True, top_p=0.5).generate_kwargs()["top_p"] == 0.5
+
+
+def test_atomic_write_text_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from llava_hf.utils import atomic_write_text
+
+    path = tmp_path / "results.json"
+    atomic_write_text(path, '{"accuracy": 1}')
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, '{"accuracy": "\ud800"}')  # fails mid-write, as a kill or a full disk would
+    assert path.read_text() == '{"accuracy": 1}' and [p.name for p in tmp_path.iterdir()] == ["results.json"]

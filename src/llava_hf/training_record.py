@@ -2,8 +2,8 @@
 history, the grounding meter, the collator's counts), written next to the checkpoint by `training.save_stage_output`
 and read back for the model card and the training curves.
 
-Nothing here imports the rest of the package, so the writer (training), the plot (grounding) and the card (hub) all
-use it without importing one another.
+It imports only `utils` from the package, so the writer (training), the plot (grounding) and the card (hub) all use
+it without importing one another.
 """
 
 import json
@@ -15,9 +15,9 @@ TRAINING_RECORD = "llava_hf_training.json"
 
 def write_training_record(output_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write `record` as the checkpoint's training record (values JSON cannot hold are written as their text)."""
-    path = Path(output_dir) / TRAINING_RECORD
-    path.write_text(json.dumps(record, indent=1, default=str))
-    return path
+    from .utils import atomic_write_text
+
+    return atomic_write_text(Path(output_dir) / TRAINING_RECORD, json.dumps(record, indent=1, default=str))
 
 
 def load_training_history(model_dir: str | Path, max_depth: int = 8) -> list[dict[str, Any]]:

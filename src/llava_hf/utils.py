@@ -92,6 +92,21 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else "number"
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` beside it and rename it into place: a kill leaves the old file or the new one, never a
+    half-written file over a good one. The file gets the umask's permissions, as `Path.write_text` gives."""
+    import uuid
+
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
 # -- JSONL -----------------------------------------------------------------------------------------------------------
 def iter_jsonl(path: str | Path, *, skip_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
     """`(line_number, row)` for each non-blank line of a JSONL file.

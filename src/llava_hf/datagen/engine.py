@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils import atomic_write_text
 from .backend import BackendUnusable, ChatBackend, CircuitBreaker, Completion, RequestFailed, TransientError
 from .context import ImageContext
 from .parsing import ResponseRejected, parse_response
@@ -207,7 +208,7 @@ class InstructionEngine:
                 raise
             finally:
                 report.elapsed_s = time.perf_counter() - start
-                (self.out_dir / REPORT).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+                atomic_write_text(self.out_dir / REPORT, json.dumps(report.to_dict(), indent=2) + "\n")
                 await self.backend.aclose()
         return report
 

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datagen.backend import BackendUnusable, CircuitBreaker, RequestFailed, TransientError
-from ..utils import index_rows, iter_jsonl, read_jsonl, repair_torn_tail, rows_by_id
+from ..utils import atomic_write_text, index_rows, iter_jsonl, read_jsonl, repair_torn_tail, rows_by_id
 
 logger = logging.getLogger(__name__)
 
@@ -269,13 +268,7 @@ def _drop_error_rows(reviews_file: Path, answer_ids: dict[str, tuple[Any, Any]])
     kept = [row for row in rows if current(row)]
     if len(kept) == len(rows):
         return 0
-    temporary = reviews_file.with_name(f"{reviews_file.name}.{uuid.uuid4().hex}.tmp")  # the umask's permissions
-    try:
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
-        os.replace(temporary, reviews_file)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write_text(reviews_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
     return len(rows) - len(kept)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..utils import atomic_write_text
 from ..version import __version__
 
 # How each task appears in a model card.
@@ -49,7 +50,7 @@ def make_results(task: str, model: str, data: dict[str, str | Path], settings: d
 def write_results(results: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(results, indent=1, ensure_ascii=False))  # a rerun never leaves half a file
     return path
 
 
