@@ -24,14 +24,14 @@ when the tower trains, or pixels require grad, the model computes as usual. Not 
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +81,8 @@ class VisionFeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensor = features.detach().to("cpu").contiguous()
         self.bytes_per_image = tensor.numel() * tensor.element_size()
-        # Written beside (with the umask's permissions, so a shared cache stays readable) and renamed: concurrent
-        # processes storing one entry store the same bytes, and a killed write never leaves a partial entry.
-        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            save_file({"features": tensor}, temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        # Concurrent processes storing one entry store the same bytes; a killed write never leaves a partial entry.
+        atomic_write(path, lambda temporary: save_file({"features": tensor}, temporary))
         self.bytes_written += path.stat().st_size
 
     def stats(self) -> dict[str, Any]:

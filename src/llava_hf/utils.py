@@ -92,19 +92,25 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else "number"
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` beside it and rename it into place: a kill leaves the old file or the new one, never a
-    half-written file over a good one. The file gets the umask's permissions, as `Path.write_text` gives."""
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call `write(temporary_path)` beside `path`, then rename the file into place: a kill leaves the old file or the
+    new one, never a half-written file over a good one (and concurrent writers of the same bytes cannot tear it).
+    The file gets the umask's permissions."""
     import uuid
 
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
+        write(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 # -- JSONL -----------------------------------------------------------------------------------------------------------
