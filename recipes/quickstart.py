@@ -71,7 +71,7 @@ def main() -> None:
         [str(bin_dir / "llava-hf"), "eval", "shapes", "--model", str(stage2), "--world", str(shapes)]
         # Weights in bf16 (training ran its matmuls in bf16 under autocast): 1.7x faster than float32 on a CPU with
         # AVX512-BF16; results.json records the dtype.
-        + ["--output-dir", str(out / "eval"), "--batch-size", "16", "--dtype", "bfloat16"]
+        + ["--output-dir", str(out / "eval"), "--batch-size", "32", "--dtype", "bfloat16"]
     )
     metrics = json.loads((out / "eval" / "results.json").read_text())["metrics"]
     minutes = (time.perf_counter() - start) / 60

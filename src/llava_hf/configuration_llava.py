@@ -81,17 +81,19 @@ def compute_image_seq_length(
 
     ViTs: `(image_size // patch_size) ** 2`, plus the CLS token when it is kept (`full`). CLIP ViT-L/14 at 336 px
     gives 576 (`default`) or 577 (`full`); at 224 px, 256. SigLIP has no CLS token, so both strategies give the grid.
-    timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49).
-    With `vision_feature_pool_size=n` the grid is average-pooled to `n x n`: `n ** 2` tokens.
+    timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49),
+    plus the image-level token when it is kept (`full`: the backbone's own global pool, what its classifier reads).
+    With `vision_feature_pool_size=n` the grid is average-pooled to `n x n`: `n ** 2` tokens (+1 for a timm `full`).
     """
+    summary = int(vision_config.model_type == _TIMM and vision_feature_select_strategy == "full")
     if vision_feature_pool_size:
-        return vision_feature_pool_size**2
+        return vision_feature_pool_size**2 + summary
     if vision_config.model_type == _TIMM:
         side = image_size or timm_image_size(vision_config)
         _, reduction = _timm_geometry(
             vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items()))
         )
-        return (side // reduction) ** 2
+        return (side // reduction) ** 2 + summary
     side = image_size or vision_config.image_size
     num = (side // vision_config.patch_size) ** 2
     if vision_tower_has_cls(vision_config) and vision_feature_select_strategy == "full":
@@ -130,7 +132,8 @@ class LlavaConfig(PreTrainedConfig):
         timm backbones always use their final feature grid.
     vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
         `"default"` drops the CLS token, `"full"` keeps it. LLaVA's `"patch"` / `"cls_patch"` are accepted and
-        stored as `"default"` / `"full"`.
+        stored as `"default"` / `"full"`. For timm backbones, which have no CLS in their feature grid, `"full"` puts
+        the backbone's image-level feature (its global pool, the input of its classifier) before the grid tokens.
     vision_feature_pool_size (`int`, *optional*):
         Average-pool the tower's square feature grid to `vision_feature_pool_size x vision_feature_pool_size` tokens
         before the projector (`None`, LLaVA's behaviour: keep every patch). Fewer image tokens make sequences shorter
@@ -236,11 +239,16 @@ class LlavaConfig(PreTrainedConfig):
                     "LlavaConfig.vision_feature_pool_size pools the patch grid and cannot keep the CLS token; use "
                     'vision_feature_select_strategy="default" with it.'
                 )
-            if self.image_seq_length is not None and self.image_seq_length != self.vision_feature_pool_size**2:
+            pooled = compute_image_seq_length(
+                self.vision_config,
+                self.vision_feature_select_strategy,
+                vision_feature_pool_size=self.vision_feature_pool_size,
+            )
+            if self.image_seq_length is not None and self.image_seq_length != pooled:
                 raise ValueError(
                     f"LlavaConfig.image_seq_length={self.image_seq_length} disagrees with vision_feature_pool_size="
-                    f"{self.vision_feature_pool_size} ({self.vision_feature_pool_size**2} tokens per image); leave "
-                    "image_seq_length unset (None) to have it computed."
+                    f"{self.vision_feature_pool_size} ({pooled} tokens per image); leave image_seq_length unset "
+                    "(None) to have it computed."
                 )
         if self.image_seq_length is None:
             self.image_seq_length = compute_image_seq_length(

@@ -323,15 +323,25 @@ class LlavaModel(LlavaPreTrainedModel):
         """The tower's selected feature tokens `(num_images, image_seq_length, vision_hidden * num_layers)`."""
         if self.config.vision_config.model_type == "timm_wrapper":
             # CNN / timm backbones: the final feature map `(num_images, channels, h, w)` flattened row-major to tokens.
-            feature_map = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
+            full = self.config.vision_feature_select_strategy == "full"
+            outputs = self.vision_tower(pixel_values, do_pooling=full)
+            feature_map = outputs.last_hidden_state
             if feature_map.ndim == 4:
                 if self.config.vision_feature_pool_size:  # pooled on the map itself: any h x w
                     feature_map = nn.functional.adaptive_avg_pool2d(feature_map, self.config.vision_feature_pool_size)
-                return feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
+                tokens = feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
+                if full:
+                    # The backbone's image-level feature (its own global pool, what its classifier reads) first, as
+                    # a ViT's CLS: one token that says what the whole image holds (how many shapes, which colours),
+                    # which the grid tokens only give region by region.
+                    tokens = torch.cat([outputs.pooler_output[:, None].to(tokens.dtype), tokens], dim=1)
+                return tokens
             # timm ViTs return (num_images, tokens, channels): drop CLS / register tokens, as image_seq_length counts
             # the patch grid only.
             selected = feature_map[:, getattr(self.vision_tower.timm_model, "num_prefix_tokens", 0) :]
+            summary = outputs.pooler_output if full else None
         else:
+            summary = None
             hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
             layers = self.config.vision_feature_layer
             layers = [layers] if isinstance(layers, int) else layers
@@ -354,6 +364,8 @@ class LlavaModel(LlavaPreTrainedModel):
             grid = selected.transpose(1, 2).reshape(num_images, channels, side, side)
             grid = nn.functional.adaptive_avg_pool2d(grid, pool_size)  # (num_images, channels, pool, pool)
             selected = grid.flatten(2).transpose(1, 2)  # (num_images, pool_size ** 2, channels)
+        if summary is not None:  # a timm ViT's own pooled feature (its CLS or token mean), as for CNNs above
+            selected = torch.cat([summary[:, None].to(selected.dtype), selected], dim=1)
         return selected
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from .configuration_llava import FEATURE_SELECT_STRATEGIES
 from .utils import is_hub_id, parse_dtype
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ class LlavaModelArguments:
     language_model: str | None = field(default=None, metadata={"help": "Stage 1: causal LM path / Hub id."})
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear (LLaVA v1) or mlp2x_gelu (1.5)."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "ViT hidden state used as image features."})
+    vision_feature_select_strategy: str = field(
+        default="default",
+        metadata={
+            "help": "Stage 1: 'default' (LLaVA's 'patch': grid tokens only) or 'full' ('cls_patch': a ViT's CLS, or "
+            "a timm backbone's global-pool feature, before them)."
+        },
+    )
     vision_feature_pool_size: int | None = field(
         default=None,
         metadata={"help": "Stage 1: average-pool the feature grid to N x N image tokens (default: every patch)."},
@@ -177,6 +185,16 @@ class LlavaModelArguments:
             raise RecipeError(
                 "system_prompt applies to stage 1 with chat_template: chatml, which writes the checkpoint's template; "
                 "vicuna_v1 / llava_v1 keep the paper's system prompt, and stage 2 keeps the stage-1 checkpoint's."
+            )
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise RecipeError(
+                f"vision_feature_select_strategy must be one of {sorted(FEATURE_SELECT_STRATEGIES)}, got "
+                f"{self.vision_feature_select_strategy!r}."
+            )
+        if FEATURE_SELECT_STRATEGIES[self.vision_feature_select_strategy] != "default" and self.stage != "1":
+            raise RecipeError(
+                "vision_feature_select_strategy applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
+                "checkpoint's (its config.json)."
             )
         if self.vision_feature_pool_size is not None and self.stage != "1":
             raise RecipeError(
@@ -414,6 +432,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 chat_template=template,
                 system_prompt=model_args.system_prompt,
                 image_aspect_ratio=model_args.image_aspect_ratio,
+                vision_feature_select_strategy=model_args.vision_feature_select_strategy,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
                 projector_input_norm=model_args.projector_input_norm,
                 attn_implementation=model_args.attn_implementation,
@@ -426,6 +445,7 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 model_args.language_model,
                 projector_type=model_args.projector_type,
                 vision_feature_layer=model_args.vision_feature_layer,
+                vision_feature_select_strategy=model_args.vision_feature_select_strategy,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
                 projector_input_norm=model_args.projector_input_norm,
                 image_aspect_ratio=model_args.image_aspect_ratio,

@@ -86,11 +86,15 @@ def test_multiple_choice_answers_are_true():
         for q in questions(scene):
             answer = q["choices"][q["answer"]]
             assert len(set(q["choices"])) == len(q["choices"])
-            # The solution states the right option and none of the wrong ones.
-            words = set(re.findall(r"[a-z0-9]+", q["solution"]))
+            # The solution ends by stating the right option and none of the wrong ones.
+            conclusion = q["solution"].split(". ")[-1]
+            words = set(re.findall(r"[a-z0-9]+", conclusion))
             assert answer in words and not words & (set(q["choices"]) - {answer}), q
             if q["kind"] == "count":
                 assert answer == str(len(scene.objects))
+                # the shapes are named one by one before the number: each once
+                listed = re.findall(r"\b(?:a|an) (\w+ \w+)", q["solution"], flags=re.IGNORECASE)
+                assert sorted(listed) == sorted(o.name for o in scene.objects), q
             elif q["kind"] == "color":
                 shape = q["question"].split()[-1].rstrip("?")
                 assert [o.color for o in scene.objects if o.shape == shape] == [answer]
@@ -145,7 +149,7 @@ def test_stage1_captions_name_every_shape_and_mcq_prompts_match_the_evaluation(w
     # Answers: the solution, then "The answer is X.", which the ScienceQA scorer reads as the record's letter.
     for record in train:
         answer = record["conversations"][1]["value"]
-        assert answer.endswith(f" The answer is {record['answer']}.") and len(answer.split(". ")) == 2, answer
+        assert answer.endswith(f" The answer is {record['answer']}.") and answer.count("The answer is") == 1, answer
         assert parse_prediction(answer) == record["answer"]
 
 
@@ -162,7 +166,8 @@ def test_context_questions_are_text_only_and_their_letter_names_the_stated_optio
         stated = human.split("\n")[0].removeprefix("Context: ")
         options = dict(line.split(". ", 1) for line in human.removesuffix(MCQ_PROMPT).split("\n")[2:])
         # The option the context states is the one the answer's letter names, and no other option is stated.
-        named = [letter for letter, text in options.items() if re.search(rf"\b{text}\b", stated)]
+        conclusion = stated.split(". ")[-1]
+        named = [letter for letter, text in options.items() if re.search(rf"\b{text}\b", conclusion)]
         assert named == [record["answer"]], (stated, options)
         assert answer == f"{stated} The answer is {record['answer']}." and parse_prediction(answer) == record["answer"]
         kinds.add(record["kind"])

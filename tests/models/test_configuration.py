@@ -83,6 +83,10 @@ def test_pooled_feature_grid_sets_the_token_count():
 
     vision = TimmWrapperConfig(architecture="tf_efficientnet_lite0", pretrained_cfg={"input_size": [3, 224, 224]})
     assert LlavaConfig(vision_config=vision, vision_feature_pool_size=3).image_seq_length == 9
+    # "full" keeps the backbone's image-level token (its global pool) before the grid
+    full = LlavaConfig(vision_config=vision, vision_feature_pool_size=3, vision_feature_select_strategy="full")
+    assert full.image_seq_length == 10
+    assert LlavaConfig(vision_config=vision, vision_feature_select_strategy="cls_patch").image_seq_length == 50
     assert LlavaConfig(vision_feature_pool_size=8).image_seq_length == 64  # CLIP-L/14 at 224 px: 16 x 16 -> 8 x 8
 
 

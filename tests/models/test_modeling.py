@@ -399,6 +399,42 @@ def test_timm_towers_give_image_seq_length_tokens(architecture, pool_size, token
             assert model.get_image_features(torch.randn(1, 3, 64, 96)).shape[:2] == (1, tokens)
 
 
+@pytest.mark.parametrize(
+    "architecture,pool_size,tokens", [("test_efficientnet", None, 5), ("test_efficientnet", 1, 2), ("test_vit", 2, 5)]
+)
+def test_timm_full_strategy_puts_the_backbone_pooled_feature_first(architecture, pool_size, tokens):
+    # vision_feature_select_strategy="full" on a timm tower: its own global-pool feature (the input of its classifier,
+    # as a ViT's CLS) before the grid tokens; "default" gives the grid tokens alone, the same as before.
+    pytest.importorskip("timm")
+    from transformers import TimmWrapperConfig
+
+    tester = LlavaModelTester()
+    vision = TimmWrapperConfig(architecture=architecture, pretrained_cfg={"input_size": [3, 64, 64]})
+    kwargs = {
+        "vision_config": vision,
+        "text_config": tiny_llama_config(tester.tokenizer),
+        "image_token_id": tester.tokenizer.convert_tokens_to_ids("<image>"),
+        "vision_feature_pool_size": pool_size,
+    }
+    config = LlavaConfig(**kwargs, vision_feature_select_strategy="full")
+    assert config.image_seq_length == tokens
+    model = LlavaForConditionalGeneration(config).eval()
+    default = LlavaForConditionalGeneration(LlavaConfig(**kwargs)).eval()
+    default.load_state_dict(model.state_dict())
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.model._vision_features(pixel_values)
+        pooled = model.model.vision_tower(pixel_values).pooler_output
+        grid = default.model._vision_features(pixel_values)
+    assert features.shape[:2] == (2, tokens)
+    torch.testing.assert_close(features[:, 0], pooled)
+    torch.testing.assert_close(features[:, 1:], grid)
+    if architecture == "test_efficientnet":  # a CNN's global pool is the mean of its whole map
+        with torch.no_grad():
+            feature_map = model.model.vision_tower(pixel_values, do_pooling=False).last_hidden_state
+        torch.testing.assert_close(features[:, 0], feature_map.mean((2, 3)))
+
+
 def test_standardized_projector_reads_standardized_features(tmp_path):
     # projector_input_norm="standardize": (features - feature_mean) / feature_std, then LLaVA's projector; identity
     # until measured; the statistics are saved and reloaded with the weights.
