@@ -133,17 +133,17 @@ def load_offline_default(
     chat_template: str = "chatml",
     system_prompt: str | None = None,
     image_aspect_ratio: str = "pad",
-    vision_feature_select_strategy: str = "default",
     vision_feature_pool_size: int | None = None,
     projector_input_norm: str | None = None,
     attn_implementation: str | None = "auto",
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
+    vision_feature_global_token: bool = False,
 ):
     """The offline default llava_hf: EfficientNet-Lite0 -> fresh `mlp2x_gelu` projector -> SmolLM2-135M-Instruct.
 
     Returns `(model, processor)` with 49 image tokens per 224-px image (`vision_feature_pool_size=3`: 9; `+1` with
-    `vision_feature_select_strategy="full"`, the global-pool token) and SmolLM2's ChatML template (with
+    `vision_feature_global_token`, the global-pool token) and SmolLM2's ChatML template (with
     generation markers; `system_prompt` replaces SmolLM2's default system prompt, `""` drops it).
     """
     from .builder import build_llava_from_pretrained
@@ -157,8 +157,8 @@ def load_offline_default(
         image_processor=image_processor,
         projector_type=projector_type,
         image_aspect_ratio=image_aspect_ratio,
-        vision_feature_select_strategy=vision_feature_select_strategy,
         vision_feature_pool_size=vision_feature_pool_size,
+        vision_feature_global_token=vision_feature_global_token,
         projector_input_norm=projector_input_norm,
         chat_template=chat_template,
         system_prompt=system_prompt,

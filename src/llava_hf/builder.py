@@ -45,6 +45,7 @@ def build_llava_from_pretrained(
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
     vision_feature_pool_size: int | None = None,
+    vision_feature_global_token: bool = False,
     projector_input_norm: str | None = None,
     image_aspect_ratio: str = "pad",
     chat_template: str | None = "vicuna_v1",
@@ -71,6 +72,8 @@ def build_llava_from_pretrained(
             `image_processor` is given. The processor records the backend, so a saved checkpoint reloads with it.
         projector_type: `"linear"` (LLaVA v1) or `"mlp2x_gelu"` (LLaVA-1.5).
         vision_feature_pool_size: average-pool the tower's feature grid to `n x n` tokens (`None`: every patch, as
+            LLaVA); see `LlavaConfig`.
+        vision_feature_global_token: timm towers: the backbone's pooled feature as a first image token (`False`:
             LLaVA); see `LlavaConfig`.
         projector_input_norm: `None` (LLaVA) or `"standardize"`: per-channel standardisation of the tower's
             features, whose statistics `llava_hf.training.calibrate_projector_input` measures; see `LlavaConfig`.
@@ -126,6 +129,7 @@ def build_llava_from_pretrained(
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         vision_feature_pool_size=vision_feature_pool_size,
+        vision_feature_global_token=vision_feature_global_token,
         projector_input_norm=projector_input_norm,
         image_aspect_ratio=image_aspect_ratio,
         tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),

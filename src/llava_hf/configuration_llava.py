@@ -28,8 +28,9 @@ _TIMM = "timm_wrapper"
 
 
 @functools.lru_cache(maxsize=32)
-def _timm_geometry(architecture: str, model_args: tuple) -> tuple[int, int]:
-    """`(num_features, reduction)` of a timm backbone's final feature map, read off a meta-device instance."""
+def _timm_geometry(architecture: str, model_args: tuple) -> tuple[int, int, int]:
+    """`(num_features, reduction, pooled_features)` of a timm backbone: its final feature map's channels and stride,
+    and the width of its pooled (pre-classifier) feature, read off a meta-device instance."""
     import torch
 
     try:  # in a try block so that transformers' remote-code import check does not require timm for ViT models
@@ -39,7 +40,9 @@ def _timm_geometry(architecture: str, model_args: tuple) -> tuple[int, int]:
 
     with torch.device("meta"):
         model = timm.create_model(architecture, pretrained=False, num_classes=0, **dict(model_args))
-    return int(model.num_features), int(model.feature_info[-1]["reduction"])
+    # A head that widens the pooled feature (MobileNetV3's conv_head, ConvNeXt's head_hidden_size) says so here.
+    pooled = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    return int(model.num_features), int(model.feature_info[-1]["reduction"]), pooled
 
 
 def timm_image_size(vision_config: PreTrainedConfig) -> int:
@@ -52,8 +55,12 @@ def timm_image_size(vision_config: PreTrainedConfig) -> int:
 def vision_feature_size(vision_config: PreTrainedConfig) -> int:
     """Channel size of one image token as the vision tower emits it (before the projector)."""
     if vision_config.model_type == _TIMM:
-        return _timm_geometry(vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items())))[0]
+        return _timm_geometry(vision_config.architecture, _timm_args(vision_config))[0]
     return int(vision_config.hidden_size)
+
+
+def _timm_args(vision_config: PreTrainedConfig) -> tuple:
+    return tuple(sorted((vision_config.model_args or {}).items()))
 
 
 def vision_tower_has_cls(vision_config: PreTrainedConfig) -> bool:
@@ -64,9 +71,7 @@ def vision_feature_grid_side(vision_config: PreTrainedConfig, image_size: int | 
     """Side of the tower's square feature grid: `image_size // patch_size` (ViTs) or `// reduction` (timm)."""
     if vision_config.model_type == _TIMM:
         side = image_size or timm_image_size(vision_config)
-        _, reduction = _timm_geometry(
-            vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items()))
-        )
+        _, reduction, _ = _timm_geometry(vision_config.architecture, _timm_args(vision_config))
         return side // reduction
     return (image_size or vision_config.image_size) // vision_config.patch_size
 
@@ -76,24 +81,23 @@ def compute_image_seq_length(
     vision_feature_select_strategy: str,
     image_size: int | None = None,
     vision_feature_pool_size: int | None = None,
+    vision_feature_global_token: bool = False,
 ) -> int:
     """Number of `<image>` tokens one image becomes.
 
     ViTs: `(image_size // patch_size) ** 2`, plus the CLS token when it is kept (`full`). CLIP ViT-L/14 at 336 px
     gives 576 (`default`) or 577 (`full`); at 224 px, 256. SigLIP has no CLS token, so both strategies give the grid.
-    timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49),
-    plus the image-level token when it is kept (`full`: the backbone's own global pool, what its classifier reads).
-    With `vision_feature_pool_size=n` the grid is average-pooled to `n x n`: `n ** 2` tokens (+1 for a timm `full`).
+    timm backbones: the final feature grid, `(image_size // reduction) ** 2` (EfficientNet-Lite0 at 224 px: 49).
+    With `vision_feature_pool_size=n` the grid is average-pooled to `n x n`: `n ** 2` tokens. With
+    `vision_feature_global_token` (timm) one token more: the backbone's pooled feature, first.
     """
-    summary = int(vision_config.model_type == _TIMM and vision_feature_select_strategy == "full")
+    global_token = int(vision_feature_global_token)
     if vision_feature_pool_size:
-        return vision_feature_pool_size**2 + summary
+        return vision_feature_pool_size**2 + global_token
     if vision_config.model_type == _TIMM:
         side = image_size or timm_image_size(vision_config)
-        _, reduction = _timm_geometry(
-            vision_config.architecture, tuple(sorted((vision_config.model_args or {}).items()))
-        )
-        return (side // reduction) ** 2 + summary
+        _, reduction, _ = _timm_geometry(vision_config.architecture, _timm_args(vision_config))
+        return (side // reduction) ** 2 + global_token
     side = image_size or vision_config.image_size
     num = (side // vision_config.patch_size) ** 2
     if vision_tower_has_cls(vision_config) and vision_feature_select_strategy == "full":
@@ -132,8 +136,12 @@ class LlavaConfig(PreTrainedConfig):
         timm backbones always use their final feature grid.
     vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
         `"default"` drops the CLS token, `"full"` keeps it. LLaVA's `"patch"` / `"cls_patch"` are accepted and
-        stored as `"default"` / `"full"`. For timm backbones, which have no CLS in their feature grid, `"full"` puts
-        the backbone's image-level feature (its global pool, the input of its classifier) before the grid tokens.
+        stored as `"default"` / `"full"`.
+    vision_feature_global_token (`bool`, *optional*, defaults to `False`):
+        timm backbones: put the backbone's own pooled feature (`TimmWrapperModel`'s `pooler_output`: a CNN's global
+        average pool, what its classifier reads) before the grid tokens, one token that describes the whole image, as a
+        ViT's CLS does. Needs a pooled feature as wide as the feature map (not MobileNetV3's widened head). LLaVA's
+        CLIP keeps its CLS with `vision_feature_select_strategy="full"` instead.
     vision_feature_pool_size (`int`, *optional*):
         Average-pool the tower's square feature grid to `vision_feature_pool_size x vision_feature_pool_size` tokens
         before the projector (`None`, LLaVA's behaviour: keep every patch). Fewer image tokens make sequences shorter
@@ -192,6 +200,7 @@ class LlavaConfig(PreTrainedConfig):
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     vision_feature_pool_size: int | None = None
+    vision_feature_global_token: bool = False
     image_aspect_ratio: str = "square"
     tie_word_embeddings: bool = False
 
@@ -227,6 +236,20 @@ class LlavaConfig(PreTrainedConfig):
                 f"LlavaConfig.vision_feature_layer must be an int or a non-empty list of ints, got "
                 f"{self.vision_feature_layer!r}."
             )
+        if self.vision_feature_global_token:
+            if self.vision_config.model_type != _TIMM:
+                raise ValueError(
+                    "LlavaConfig.vision_feature_global_token reads a timm backbone's pooled feature, but the vision "
+                    f"tower is {self.vision_config.model_type!r}; to keep a ViT's CLS token use "
+                    'vision_feature_select_strategy="full".'
+                )
+            channels, _, pooled = _timm_geometry(self.vision_config.architecture, _timm_args(self.vision_config))
+            if pooled != channels:
+                raise ValueError(
+                    f"LlavaConfig.vision_feature_global_token: {self.vision_config.architecture}'s pooled feature is "
+                    f"{pooled} wide but its feature map {channels}, so one projector cannot read both; set "
+                    "vision_feature_global_token=False."
+                )
         if self.vision_feature_pool_size is not None:
             side = vision_feature_grid_side(self.vision_config)
             if not isinstance(self.vision_feature_pool_size, int) or not 1 <= self.vision_feature_pool_size <= side:
@@ -243,6 +266,7 @@ class LlavaConfig(PreTrainedConfig):
                 self.vision_config,
                 self.vision_feature_select_strategy,
                 vision_feature_pool_size=self.vision_feature_pool_size,
+                vision_feature_global_token=self.vision_feature_global_token,
             )
             if self.image_seq_length is not None and self.image_seq_length != pooled:
                 raise ValueError(
@@ -255,6 +279,7 @@ class LlavaConfig(PreTrainedConfig):
                 self.vision_config,
                 self.vision_feature_select_strategy,
                 vision_feature_pool_size=self.vision_feature_pool_size,
+                vision_feature_global_token=self.vision_feature_global_token,
             )
         # Like transformers' Llava: some LMs store tying in their own config only.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

@@ -7,15 +7,17 @@ the evaluation) gives the same features twice. `attach(model, directory)` makes 
 - the key of an image is the hash of its pixel tensor, as the model receives it (so a different crop, resize or
   augmentation is a different entry, never a stale one), under a folder named after the tower: its config, its
   weights (read when the cache is attached: a tower changed afterwards needs a new `attach`), the feature selection
-  (`vision_feature_layer`, `vision_feature_select_strategy`, `vision_feature_pool_size`), the versions of torch,
+  (`vision_feature_layer`, `vision_feature_select_strategy`, `vision_feature_pool_size`,
+  `vision_feature_global_token`), the versions of torch,
   transformers and timm, and the precision and device type the features are computed in (bf16 autocast on a CPU
   gives other numbers than float32 on a GPU, so an evaluation without autocast does not read training's entries);
 - what is stored is the tower's selected feature tokens before the projector (which trains), one safetensors file
   per image, written beside and renamed into place, so concurrent processes (DDP ranks) and a killed run never leave
   a half-written entry;
-- the cost on disk is `image_seq_length x channels x bytes` per image: 9 x 1,280 x 2 = 23 KB for the offline
-  default (bf16, 3x3 pooled), 576 x 1,024 x 2 = 1.2 MB for CLIP ViT-L/14 at 336 px (bf16), so ~650 GB for
-  LLaVA-1.5's 558K stage-1 images; `VisionFeatureCache.stats()` reports what was read, computed and written.
+- the cost on disk is `image_seq_length x channels x bytes` per image: 10 x 1,280 x 2 = 26 KB for the offline
+  default (bf16, 3x3 pooled plus the global-pool token), 576 x 1,024 x 2 = 1.2 MB for CLIP ViT-L/14 at 336 px
+  (bf16), so ~650 GB for LLaVA-1.5's 558K stage-1 images; `VisionFeatureCache.stats()` reports what was read,
+  computed and written.
 
 Only features that need no autograd graph are cached (a frozen tower in training, any tower under `torch.no_grad`):
 when the tower trains, or pixels require grad, the model computes as usual. Not for a sharded tower (ZeRO-3, FSDP).
@@ -144,6 +146,7 @@ def tower_key(model: torch.nn.Module) -> str:
         "vision_feature_layer": config.vision_feature_layer,
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
         "vision_feature_pool_size": config.vision_feature_pool_size,
+        "vision_feature_global_token": config.vision_feature_global_token,
     }
     from importlib.metadata import PackageNotFoundError, version
 

@@ -323,25 +323,18 @@ class LlavaModel(LlavaPreTrainedModel):
         """The tower's selected feature tokens `(num_images, image_seq_length, vision_hidden * num_layers)`."""
         if self.config.vision_config.model_type == "timm_wrapper":
             # CNN / timm backbones: the final feature map `(num_images, channels, h, w)` flattened row-major to tokens.
-            full = self.config.vision_feature_select_strategy == "full"
-            outputs = self.vision_tower(pixel_values, do_pooling=full)
+            outputs = self.vision_tower(pixel_values, do_pooling=self.config.vision_feature_global_token)
             feature_map = outputs.last_hidden_state
             if feature_map.ndim == 4:
                 if self.config.vision_feature_pool_size:  # pooled on the map itself: any h x w
                     feature_map = nn.functional.adaptive_avg_pool2d(feature_map, self.config.vision_feature_pool_size)
-                tokens = feature_map.flatten(2).transpose(1, 2)  # (num_images, h * w, channels)
-                if full:
-                    # The backbone's image-level feature (its own global pool, what its classifier reads) first, as
-                    # a ViT's CLS: one token that says what the whole image holds (how many shapes, which colours),
-                    # which the grid tokens only give region by region.
-                    tokens = torch.cat([outputs.pooler_output[:, None].to(tokens.dtype), tokens], dim=1)
-                return tokens
+                return self._with_global_token(feature_map.flatten(2).transpose(1, 2), outputs.pooler_output)
             # timm ViTs return (num_images, tokens, channels): drop CLS / register tokens, as image_seq_length counts
             # the patch grid only.
             selected = feature_map[:, getattr(self.vision_tower.timm_model, "num_prefix_tokens", 0) :]
-            summary = outputs.pooler_output if full else None
+            pooled_output = outputs.pooler_output
         else:
-            summary = None
+            pooled_output = None
             hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
             layers = self.config.vision_feature_layer
             layers = [layers] if isinstance(layers, int) else layers
@@ -364,9 +357,24 @@ class LlavaModel(LlavaPreTrainedModel):
             grid = selected.transpose(1, 2).reshape(num_images, channels, side, side)
             grid = nn.functional.adaptive_avg_pool2d(grid, pool_size)  # (num_images, channels, pool, pool)
             selected = grid.flatten(2).transpose(1, 2)  # (num_images, pool_size ** 2, channels)
-        if summary is not None:  # a timm ViT's own pooled feature (its CLS or token mean), as for CNNs above
-            selected = torch.cat([summary[:, None].to(selected.dtype), selected], dim=1)
-        return selected
+        return self._with_global_token(selected, pooled_output)
+
+    def _with_global_token(self, tokens: torch.Tensor, pooled_output: torch.Tensor | None) -> torch.Tensor:
+        """`tokens` with the tower's pooled feature first when `config.vision_feature_global_token` asks for it.
+
+        The pooled feature is what a timm backbone's classifier reads: one token about the whole image, where each grid
+        token describes one region.
+        """
+        if not self.config.vision_feature_global_token:
+            return tokens
+        if pooled_output is None or pooled_output.shape != (tokens.shape[0], tokens.shape[-1]):
+            shape = None if pooled_output is None else tuple(pooled_output.shape)
+            raise ValueError(
+                f"vision_feature_global_token needs the tower's pooled feature as one vector per image of the grid "
+                f"tokens' width {tokens.shape[-1]}, got {shape} (a timm model built with global_pool='' or a head that "
+                "changes the width); set vision_feature_global_token=False."
+            )
+        return torch.cat([pooled_output[:, None], tokens], dim=1)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean mask `(batch_size, sequence_length)` of the `<image>` positions."""

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from .configuration_llava import FEATURE_SELECT_STRATEGIES
 from .utils import is_hub_id, parse_dtype
 
 logger = logging.getLogger(__name__)
@@ -67,11 +66,11 @@ class LlavaModelArguments:
     language_model: str | None = field(default=None, metadata={"help": "Stage 1: causal LM path / Hub id."})
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear (LLaVA v1) or mlp2x_gelu (1.5)."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "ViT hidden state used as image features."})
-    vision_feature_select_strategy: str = field(
-        default="default",
+    vision_feature_global_token: bool = field(
+        default=False,
         metadata={
-            "help": "Stage 1: 'default' (LLaVA's 'patch': grid tokens only) or 'full' ('cls_patch': a ViT's CLS, or "
-            "a timm backbone's global-pool feature, before them)."
+            "help": "Stage 1, timm towers: put the backbone's pooled feature (what its classifier reads) before the "
+            "grid tokens, one image-level token (default: off, as LLaVA)."
         },
     )
     vision_feature_pool_size: int | None = field(
@@ -186,14 +185,9 @@ class LlavaModelArguments:
                 "system_prompt applies to stage 1 with chat_template: chatml, which writes the checkpoint's template; "
                 "vicuna_v1 / llava_v1 keep the paper's system prompt, and stage 2 keeps the stage-1 checkpoint's."
             )
-        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+        if self.vision_feature_global_token and self.stage != "1":
             raise RecipeError(
-                f"vision_feature_select_strategy must be one of {sorted(FEATURE_SELECT_STRATEGIES)}, got "
-                f"{self.vision_feature_select_strategy!r}."
-            )
-        if FEATURE_SELECT_STRATEGIES[self.vision_feature_select_strategy] != "default" and self.stage != "1":
-            raise RecipeError(
-                "vision_feature_select_strategy applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
+                "vision_feature_global_token applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
                 "checkpoint's (its config.json)."
             )
         if self.vision_feature_pool_size is not None and self.stage != "1":
@@ -432,8 +426,8 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 chat_template=template,
                 system_prompt=model_args.system_prompt,
                 image_aspect_ratio=model_args.image_aspect_ratio,
-                vision_feature_select_strategy=model_args.vision_feature_select_strategy,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
+                vision_feature_global_token=model_args.vision_feature_global_token,
                 projector_input_norm=model_args.projector_input_norm,
                 attn_implementation=model_args.attn_implementation,
                 dtype=dtype,
@@ -445,8 +439,8 @@ def load_model_for_stage(model_args: LlavaModelArguments, training_args: Any | N
                 model_args.language_model,
                 projector_type=model_args.projector_type,
                 vision_feature_layer=model_args.vision_feature_layer,
-                vision_feature_select_strategy=model_args.vision_feature_select_strategy,
                 vision_feature_pool_size=model_args.vision_feature_pool_size,
+                vision_feature_global_token=model_args.vision_feature_global_token,
                 projector_input_norm=model_args.projector_input_norm,
                 image_aspect_ratio=model_args.image_aspect_ratio,
                 chat_template=template,

@@ -150,6 +150,8 @@ def test_stage1_captions_name_every_shape_and_mcq_prompts_match_the_evaluation(w
     for record in train:
         answer = record["conversations"][1]["value"]
         assert answer.endswith(f" The answer is {record['answer']}.") and answer.count("The answer is") == 1, answer
+        # one sentence before the letter; a count lists the shapes in one more
+        assert len(answer.split(". ")) == (3 if record["kind"] == "count" else 2), answer
         assert parse_prediction(answer) == record["answer"]
 
 

@@ -80,6 +80,27 @@ def test_shapes_with_the_blind_baseline(tmp_path, checkpoint, capsys):
     assert to_model_index("m", [results])[0]["results"][0]["metrics"][1]["name"] == "Accuracy, blank image"
 
 
+def test_shapes_warns_when_the_world_was_trained_with_another_instruction(tmp_path, caplog):
+    # A world written by another version asks its training questions otherwise than the test questions are asked now.
+    from llava_hf.data.shapes import MCQ_PROMPT
+    from llava_hf.eval.shapes import _check_world_prompt
+
+    build_shapes_world(tmp_path, num_images=4, seed=2, test_fraction=0.0, progress=False)
+    with caplog.at_level("WARNING", logger="llava_hf.eval.shapes"):
+        _check_world_prompt(tmp_path)
+    assert not caplog.records
+    train = json.loads((tmp_path / "mcq_train.json").read_text())
+    for record in train:
+        turn = record["conversations"][0]
+        turn["value"] = (
+            turn["value"].removesuffix(MCQ_PROMPT) + "\nAnswer with a short reason, then the option's letter."
+        )
+    (tmp_path / "mcq_train.json").write_text(json.dumps(train))
+    with caplog.at_level("WARNING", logger="llava_hf.eval.shapes"):
+        _check_world_prompt(tmp_path)
+    assert "do not end with 'Reason first, then the letter.'" in caplog.text and "mcq_train.json" in caplog.text
+
+
 def test_llava_bench_end_to_end_with_a_loopback_judge(tmp_path, checkpoint, monkeypatch):
     import numpy as np
     from PIL import Image

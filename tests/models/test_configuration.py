@@ -83,10 +83,29 @@ def test_pooled_feature_grid_sets_the_token_count():
 
     vision = TimmWrapperConfig(architecture="tf_efficientnet_lite0", pretrained_cfg={"input_size": [3, 224, 224]})
     assert LlavaConfig(vision_config=vision, vision_feature_pool_size=3).image_seq_length == 9
-    # "full" keeps the backbone's image-level token (its global pool) before the grid
-    full = LlavaConfig(vision_config=vision, vision_feature_pool_size=3, vision_feature_select_strategy="full")
-    assert full.image_seq_length == 10
-    assert LlavaConfig(vision_config=vision, vision_feature_select_strategy="cls_patch").image_seq_length == 50
+    # vision_feature_global_token: the backbone's pooled feature as one more token, pooled grid or not
+    assert (
+        LlavaConfig(
+            vision_config=vision, vision_feature_pool_size=3, vision_feature_global_token=True
+        ).image_seq_length
+        == 10
+    )
+    assert LlavaConfig(vision_config=vision, vision_feature_global_token=True).image_seq_length == 50
+    # LLaVA's "full" keeps a ViT's CLS; a CNN has none, so it changes nothing there
+    assert LlavaConfig(vision_config=vision, vision_feature_select_strategy="full").image_seq_length == 49
+
+
+def test_global_token_needs_a_timm_tower_whose_pooled_feature_fits_the_projector():
+    pytest.importorskip("timm")
+    from transformers import TimmWrapperConfig
+
+    with pytest.raises(ValueError, match='to keep a ViT\'s CLS token use vision_feature_select_strategy="full"'):
+        LlavaConfig(vision_feature_global_token=True)  # CLIP
+    # MobileNetV3's head widens the pooled feature (960 -> 1280 channels): one projector cannot read both
+    mobilenet = TimmWrapperConfig(architecture="mobilenetv3_small_050", pretrained_cfg={"input_size": [3, 224, 224]})
+    with pytest.raises(ValueError, match="pooled feature is 1024 wide but its feature map 288"):
+        LlavaConfig(vision_config=mobilenet, vision_feature_global_token=True)
+    assert LlavaConfig(vision_config=mobilenet).image_seq_length == 49
     assert LlavaConfig(vision_feature_pool_size=8).image_seq_length == 64  # CLIP-L/14 at 224 px: 16 x 16 -> 8 x 8
 
 

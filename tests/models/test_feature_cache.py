@@ -67,6 +67,9 @@ def test_another_tower_or_precision_is_another_entry(tmp_path):
     pooled = LlavaModelTester().get_model()
     pooled.config.vision_feature_pool_size = 2
     assert tower_key(pooled.model) != tower_key(model.model)  # other feature selection
+    global_token = LlavaModelTester().get_model()
+    global_token.config.vision_feature_global_token = True
+    assert tower_key(global_token.model) != tower_key(LlavaModelTester().get_model().model)  # one token more
 
     pixels = LlavaModelTester().prepare_inputs(batch_size=1)["pixel_values"]
     cache = attach(model, tmp_path)

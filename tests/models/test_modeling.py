@@ -400,13 +400,15 @@ def test_timm_towers_give_image_seq_length_tokens(architecture, pool_size, token
 
 
 @pytest.mark.parametrize(
-    "architecture,pool_size,tokens", [("test_efficientnet", None, 5), ("test_efficientnet", 1, 2), ("test_vit", 2, 5)]
+    "architecture,pool_size,tokens",
+    [("test_efficientnet", None, 5), ("test_efficientnet", 1, 2), ("test_vit", None, 17), ("test_vit", 2, 5)],
 )
-def test_timm_full_strategy_puts_the_backbone_pooled_feature_first(architecture, pool_size, tokens):
-    # vision_feature_select_strategy="full" on a timm tower: its own global-pool feature (the input of its classifier,
-    # as a ViT's CLS) before the grid tokens; "default" gives the grid tokens alone, the same as before.
+def test_global_token_puts_the_timm_backbone_pooled_feature_first(tmp_path, architecture, pool_size, tokens):
+    # vision_feature_global_token: the timm backbone's own pooled feature (the input of its classifier) before the
+    # grid tokens, which stay what they were; saved and reloaded with the config, and run end to end through the
+    # processor's placeholders.
     pytest.importorskip("timm")
-    from transformers import TimmWrapperConfig
+    from transformers import AutoModelForImageTextToText, TimmWrapperConfig
 
     tester = LlavaModelTester()
     vision = TimmWrapperConfig(architecture=architecture, pretrained_cfg={"input_size": [3, 64, 64]})
@@ -416,16 +418,16 @@ def test_timm_full_strategy_puts_the_backbone_pooled_feature_first(architecture,
         "image_token_id": tester.tokenizer.convert_tokens_to_ids("<image>"),
         "vision_feature_pool_size": pool_size,
     }
-    config = LlavaConfig(**kwargs, vision_feature_select_strategy="full")
+    config = LlavaConfig(**kwargs, vision_feature_global_token=True)
     assert config.image_seq_length == tokens
     model = LlavaForConditionalGeneration(config).eval()
-    default = LlavaForConditionalGeneration(LlavaConfig(**kwargs)).eval()
-    default.load_state_dict(model.state_dict())
+    grid_only = LlavaForConditionalGeneration(LlavaConfig(**kwargs)).eval()
+    grid_only.load_state_dict(model.state_dict())
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         features = model.model._vision_features(pixel_values)
         pooled = model.model.vision_tower(pixel_values).pooler_output
-        grid = default.model._vision_features(pixel_values)
+        grid = grid_only.model._vision_features(pixel_values)
     assert features.shape[:2] == (2, tokens)
     torch.testing.assert_close(features[:, 0], pooled)
     torch.testing.assert_close(features[:, 1:], grid)
@@ -433,6 +435,14 @@ def test_timm_full_strategy_puts_the_backbone_pooled_feature_first(architecture,
         with torch.no_grad():
             feature_map = model.model.vision_tower(pixel_values, do_pooling=False).last_hidden_state
         torch.testing.assert_close(features[:, 0], feature_map.mean((2, 3)))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision_feature_global_token and reloaded.config.image_seq_length == tokens
+    image = torch.full((1, tokens), config.image_token_id)
+    input_ids = torch.cat([torch.ones(1, 1, dtype=torch.long), image, torch.tensor([[5, 6, 7]])], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model._vision_features(pixel_values), features)
+        assert reloaded(input_ids=input_ids, pixel_values=pixel_values[:1]).logits.shape[1] == tokens + 4
 
 
 def test_standardized_projector_reads_standardized_features(tmp_path):

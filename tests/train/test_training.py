@@ -204,10 +204,9 @@ def test_lora_saves_the_adapter_and_merges(workspace, stage1):
         ({"vision_model": "offline-default", "image_processor_backend": "pil"}, "applies to stage 1 with a"),
         ({"stage": "2", "model_name_or_path": ".", "vision_feature_pool_size": 3}, "vision_feature_pool_size applies"),
         (
-            {"stage": "2", "model_name_or_path": ".", "vision_feature_select_strategy": "full"},
-            "vision_feature_select_strategy applies",
+            {"stage": "2", "model_name_or_path": ".", "vision_feature_global_token": True},
+            "vision_feature_global_token applies",
         ),
-        ({"vision_feature_select_strategy": "cls"}, "vision_feature_select_strategy must be one of"),
         (
             {"stage": "2", "model_name_or_path": ".", "projector_input_norm": "standardize"},
             "projector_input_norm applies",

@@ -6,7 +6,7 @@ COCO-style annotations with five captions and normalised boxes. From that ground
 - stage-1 caption pairs (image + caption),
 - template-based instruction data of the paper's three types: conversation, detailed description, complex reasoning,
 - ScienceQA-format multiple-choice questions with known answers (colour, shape, count, relative position), split by
-  image into train and test: the CQM question and MCQ_PROMPT, answered with a one-sentence solution and the letter.
+  image into train and test: the CQM question and MCQ_PROMPT, answered with a short solution and the letter.
 
 Everything is a pure function of `(seed, index)`, so any image can be regenerated alone and the output is identical
 across runs and machines.

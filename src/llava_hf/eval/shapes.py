@@ -1,6 +1,7 @@
 """Held-out multiple-choice accuracy on the shapes world, and the same model's blind baseline (blank images)."""
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from ..data.shapes import MCQ_MAX_NEW_TOKENS, MCQ_PROMPT
 from ..generation import GenerationSettings
 from .runner import load_questions, read_answers, run_inference
 from .scienceqa import parse_prediction, score_scienceqa
+
+logger = logging.getLogger(__name__)
 
 
 def score_by_kind(predictions: dict[str, str], records: list[dict]) -> dict[str, float]:
@@ -39,6 +42,7 @@ def evaluate_shapes(
     world, output_dir = Path(world), Path(output_dir)
     settings = settings or GenerationSettings(max_new_tokens=MCQ_MAX_NEW_TOKENS)
     records = json.loads((world / "mcq_test.json").read_text())
+    _check_world_prompt(world)
     questions = load_questions(world / "mcq_test.json", world / "images")
     metrics: dict[str, Any] = {}
     for label, blank in (("", False), ("blind_", True)):
@@ -54,3 +58,19 @@ def evaluate_shapes(
     # What guessing scores: the mean of 1 / number of options (the blind baseline should sit here).
     metrics["chance"] = 100.0 * sum(1 / record["num_choices"] for record in records) / len(records)
     return metrics
+
+
+def _check_world_prompt(world: Path) -> None:
+    """Warn when the world's training questions end with another instruction than the `MCQ_PROMPT` the test questions
+    get here (a world written by another llava-hf version): the model would be asked in words it was not trained on."""
+    train = world / "mcq_train.json"
+    if not train.is_file():
+        return
+    records = json.loads(train.read_text())
+    if records and not records[0]["conversations"][0]["value"].endswith(MCQ_PROMPT):
+        logger.warning(
+            "%s: its training questions do not end with %r, which the test questions get now; a model trained on "
+            "this world was asked otherwise. Generate the world again (llava-hf data shapes) and retrain.",
+            train,
+            MCQ_PROMPT.strip(),
+        )
