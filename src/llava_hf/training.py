@@ -185,16 +185,13 @@ class LlavaModelArguments:
                 "system_prompt applies to stage 1 with chat_template: chatml, which writes the checkpoint's template; "
                 "vicuna_v1 / llava_v1 keep the paper's system prompt, and stage 2 keeps the stage-1 checkpoint's."
             )
-        if self.vision_feature_global_token and self.stage != "1":
-            raise RecipeError(
-                "vision_feature_global_token applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
-                "checkpoint's (its config.json)."
-            )
-        if self.vision_feature_pool_size is not None and self.stage != "1":
-            raise RecipeError(
-                "vision_feature_pool_size applies to stage 1, which builds the model; stage 2 keeps the stage-1 "
-                "checkpoint's (its config.json)."
-            )
+        # The image tokens' layout is fixed when stage 1 builds the model; stage 2 reads it from the checkpoint.
+        for name, unset in (("vision_feature_pool_size", None), ("vision_feature_global_token", False)):
+            if getattr(self, name) != unset and self.stage != "1":
+                raise RecipeError(
+                    f"{name} applies to stage 1, which builds the model; stage 2 keeps the stage-1 checkpoint's (its "
+                    "config.json)."
+                )
         if self.projector_input_norm is not None:
             if self.stage != "1":
                 raise RecipeError(
